@@ -1,0 +1,180 @@
+//! The store's one monotonic clock, injectable so tests can drive time without sleeping.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::sync::{Arc, AtomicU64, Ordering};
+
+const NANOS_PER_MS: u64 = 1_000_000;
+
+/// The clock every deadline of a store is measured on.
+///
+/// [`Clock::system`] (the default) reads [`Instant`], which never jumps with the wall clock, so a
+/// wall-clock change never expires a key early. [`Clock::manual`] gives a clock that only moves
+/// when its [`ManualClock`] hand is advanced: tests of ttl, lease expiry and takeover (yours and
+/// ours) run deterministically, with no sleeps.
+///
+/// Times are kept in nanoseconds since the clock's origin; deadlines are kept in whole
+/// milliseconds, rounded *up*, so a key is never seen expired before its deadline and at most one
+/// millisecond after it.
+///
+/// ```
+/// use std::time::Duration;
+/// use idemstore::{Claim, Clock, Store};
+///
+/// let (clock, hand) = Clock::manual();
+/// let store: Store = Store::builder().lease(Duration::from_secs(30)).clock(clock).build()?;
+/// let Claim::Acquired(first) = store.claim("job-1")? else { unreachable!() };
+/// hand.advance(Duration::from_secs(30));
+/// // The first owner's lease ran out: the next claim takes the key over.
+/// let Claim::Acquired(second) = store.claim("job-1")? else { unreachable!() };
+/// assert!(second.is_takeover() && second.token() > first.token());
+/// # Ok::<(), idemstore::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Clock {
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    System(Instant),
+    Manual(Arc<AtomicU64>),
+}
+
+/// The hand of a manual clock: moves it forward. Cheap to clone, `Send + Sync`.
+#[derive(Clone)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl Clock {
+    /// The system's monotonic clock, with its origin at the moment of this call.
+    pub fn system() -> Self {
+        Self {
+            source: Source::System(Instant::now()),
+        }
+    }
+
+    /// A clock that stands still until its hand (the second element) advances it.
+    pub fn manual() -> (Self, ManualClock) {
+        let nanos = Arc::new(AtomicU64::new(0));
+        let clock = Self {
+            source: Source::Manual(nanos.clone()),
+        };
+        (clock, ManualClock { nanos })
+    }
+
+    /// Time elapsed since this clock's origin.
+    pub fn now(&self) -> Duration {
+        Duration::from_nanos(self.now_nanos())
+    }
+
+    #[inline]
+    pub(crate) fn now_nanos(&self) -> u64 {
+        match &self.source {
+            // 2^64 ns is 584 years of uptime.
+            Source::System(origin) => origin.elapsed().as_nanos() as u64,
+            // Relaxed: a clock reading orders nothing else; coherence of the one location keeps
+            // it monotonic for every thread that synchronizes through the shard locks.
+            Source::Manual(nanos) => nanos.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.source {
+            Source::System(_) => "system",
+            Source::Manual(_) => "manual",
+        };
+        f.debug_struct("Clock")
+            .field("kind", &kind)
+            .field("now", &self.now())
+            .finish()
+    }
+}
+
+impl ManualClock {
+    /// Moves the clock forward by `by`. Saturates instead of wrapping after 584 years.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // Relaxed: see `Clock::now_nanos`; fetch_update keeps concurrent advances additive.
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_add(by))
+            });
+    }
+
+    /// Time elapsed since the clock's origin.
+    pub fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("now", &self.now())
+            .finish()
+    }
+}
+
+/// Whole milliseconds of a nanosecond time, rounded down: "now" for expiry comparisons.
+#[inline]
+pub(crate) fn floor_ms(nanos: u64) -> u64 {
+    nanos / NANOS_PER_MS
+}
+
+/// The deadline `nanos + span`, in whole milliseconds rounded up, so that comparing it with
+/// [`floor_ms`] of a later time never declares a key expired early.
+#[inline]
+pub(crate) fn deadline_ms(nanos: u64, span_nanos: u64) -> u64 {
+    nanos.saturating_add(span_nanos).div_ceil(NANOS_PER_MS)
+}
+
+/// A duration in nanoseconds, saturating.
+#[inline]
+pub(crate) fn nanos_of(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(all(test, not(idemstore_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_advanced() {
+        let (clock, hand) = Clock::manual();
+        assert_eq!(clock.now(), Duration::ZERO);
+        hand.advance(Duration::from_millis(1500));
+        assert_eq!(clock.now(), Duration::from_millis(1500));
+        assert_eq!(hand.now(), Duration::from_millis(1500));
+        hand.advance(Duration::MAX);
+        assert_eq!(clock.now_nanos(), u64::MAX);
+    }
+
+    #[test]
+    fn deadlines_round_up_and_now_rounds_down() {
+        // 1.5 ms + 1 ms = 2.5 ms: the deadline is 3 ms, and at 2.9 ms "now" is still 2.
+        assert_eq!(deadline_ms(1_500_000, 1_000_000), 3);
+        assert_eq!(floor_ms(2_900_000), 2);
+        assert_eq!(deadline_ms(2_000_000, 1_000_000), 3);
+        assert_eq!(deadline_ms(u64::MAX, 5), u64::MAX.div_ceil(NANOS_PER_MS));
+    }
+
+    #[test]
+    fn system_clock_is_monotonic() {
+        let clock = Clock::system();
+        let a = clock.now();
+        let b = clock.now();
+        assert!(b >= a);
+    }
+}

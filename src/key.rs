@@ -1,0 +1,162 @@
+//! Keys: hashing caller bytes (and an optional scope) into the 128-bit identity the engine stores,
+//! and splitting that hash into shard, tag and home-bucket bits that never overlap.
+//!
+//! ```text
+//!  hi: [ shard bits (top) | ........................ | tag (low 8 bits) ]
+//!  lo: [ home group (top bits, via a multiply-shift over the group count) .. ]
+//! ```
+//! The shard comes from the top of `hi`, the in-table tag from the bottom byte of `hi`, and the
+//! home group from `lo`, so the bits that pick a shard say nothing about where a key sits inside
+//! it: an attacker who could aim keys at one shard still could not aim them at one probe chain,
+//! and without the seed they can do neither.
+
+use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed, Xxh3};
+
+/// Tag bytes below this value are reserved for empty and deleted slots.
+pub(crate) const FIRST_TAG: u8 = 2;
+
+/// Longest scope + key hashed from a stack buffer; longer input streams through the hasher.
+const STACK_INPUT: usize = 512;
+
+/// Domain separator for ids claimed directly: no real scope length can equal it, because
+/// scopes are limited to `u32::MAX - 1` bytes by the length prefix's width.
+const ID_DOMAIN: u32 = u32::MAX;
+
+/// The 128-bit identity of a key within one store (one seed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct KeyHash {
+    pub(crate) hi: u64,
+    pub(crate) lo: u64,
+}
+
+impl KeyHash {
+    #[inline]
+    fn from_u128(h: u128) -> Self {
+        Self {
+            hi: (h >> 64) as u64,
+            lo: h as u64,
+        }
+    }
+
+    /// The shard for a store of `1 << shard_bits` shards: the top bits of `hi`.
+    #[inline]
+    pub(crate) fn shard(&self, shard_bits: u32) -> usize {
+        if shard_bits == 0 {
+            0
+        } else {
+            (self.hi >> (64 - shard_bits)) as usize
+        }
+    }
+
+    /// The tag byte stored beside the slot: the low byte of `hi`, never EMPTY or DELETED.
+    #[inline]
+    pub(crate) fn tag(&self) -> u8 {
+        (self.hi as u8).max(FIRST_TAG)
+    }
+
+    /// The home group among `groups` groups: a multiply-shift of `lo`, so the group count
+    /// need not be a power of two (which lets tables grow by less than 2x).
+    #[inline]
+    pub(crate) fn home(&self, groups: usize) -> usize {
+        ((u128::from(self.lo) * groups as u128) >> 64) as usize
+    }
+}
+
+/// Hashes `(scope, key)` with the store's seed. The scope is length-prefixed, so
+/// `("ab", "c")` and `("a", "bc")` never meet; an empty scope is "no scope".
+#[inline]
+pub(crate) fn hash_key(seed: u64, scope: &[u8], key: &[u8]) -> KeyHash {
+    let prefix = (scope.len() as u32).to_le_bytes();
+    let total = prefix.len() + scope.len() + key.len();
+    if total <= STACK_INPUT {
+        let mut buf = [0u8; STACK_INPUT];
+        buf[..4].copy_from_slice(&prefix);
+        buf[4..4 + scope.len()].copy_from_slice(scope);
+        buf[4 + scope.len()..total].copy_from_slice(key);
+        KeyHash::from_u128(xxh3_128_with_seed(&buf[..total], seed))
+    } else {
+        // The streaming hasher gives the same digest as one-shot over the concatenation.
+        let mut h = Xxh3::with_seed(seed);
+        h.update(&prefix);
+        h.update(scope);
+        h.update(key);
+        KeyHash::from_u128(h.digest128())
+    }
+}
+
+/// Hashes a caller's own 128-bit id, in a domain no `(scope, key)` pair can reach.
+#[inline]
+pub(crate) fn hash_id(seed: u64, id: u128) -> KeyHash {
+    let mut buf = [0u8; 20];
+    buf[..4].copy_from_slice(&ID_DOMAIN.to_le_bytes());
+    buf[4..].copy_from_slice(&id.to_le_bytes());
+    KeyHash::from_u128(xxh3_128_with_seed(&buf, seed))
+}
+
+/// Hashes a payload fingerprint to the 64 bits the store keeps; never 0, which means "none".
+#[inline]
+pub(crate) fn hash_fingerprint(seed: u64, bytes: &[u8]) -> u64 {
+    xxh3_64_with_seed(bytes, seed ^ 0x9E37_79B9_7F4A_7C15).max(1)
+}
+
+#[cfg(all(test, not(idemstore_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_is_length_prefixed() {
+        assert_ne!(hash_key(1, b"ab", b"c"), hash_key(1, b"a", b"bc"));
+        assert_ne!(hash_key(1, b"", b"abc"), hash_key(1, b"a", b"bc"));
+        assert_eq!(hash_key(1, b"t", b"k"), hash_key(1, b"t", b"k"));
+    }
+
+    #[test]
+    fn seed_changes_every_hash() {
+        assert_ne!(hash_key(1, b"", b"k"), hash_key(2, b"", b"k"));
+        assert_ne!(hash_id(1, 7), hash_id(2, 7));
+    }
+
+    #[test]
+    fn long_input_streams_to_the_same_digest() {
+        let scope = vec![7u8; 300];
+        let key = vec![9u8; 300];
+        let streamed = hash_key(5, &scope, &key);
+        let mut joined = (scope.len() as u32).to_le_bytes().to_vec();
+        joined.extend_from_slice(&scope);
+        joined.extend_from_slice(&key);
+        assert_eq!(streamed, KeyHash::from_u128(xxh3_128_with_seed(&joined, 5)));
+    }
+
+    #[test]
+    fn ids_live_in_their_own_domain() {
+        let id = 0x1234_u128;
+        assert_ne!(hash_id(3, id), hash_key(3, b"", &id.to_le_bytes()));
+    }
+
+    #[test]
+    fn shard_tag_and_home_bits_do_not_overlap() {
+        let h = KeyHash {
+            hi: 0xFF00_0000_0000_0000,
+            lo: 0,
+        };
+        // Shard from the top of hi; tag from its low byte; home from lo.
+        assert_eq!(h.shard(8), 0xFF);
+        assert_eq!(h.shard(0), 0);
+        assert_eq!(h.tag(), FIRST_TAG);
+        assert_eq!(h.home(1000), 0);
+        let h = KeyHash {
+            hi: 0x0000_0000_0000_00AB,
+            lo: u64::MAX,
+        };
+        assert_eq!(h.shard(8), 0);
+        assert_eq!(h.tag(), 0xAB);
+        assert_eq!(h.home(1000), 999);
+    }
+
+    #[test]
+    fn fingerprints_are_never_zero() {
+        for i in 0..1000u32 {
+            assert_ne!(hash_fingerprint(0, &i.to_le_bytes()), 0);
+        }
+    }
+}

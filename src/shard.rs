@@ -1,0 +1,327 @@
+//! A shard: one table, one timing wheel and the counters of its keys, behind one lock.
+
+use std::sync::Arc;
+
+use crate::key::KeyHash;
+use crate::state::{Phase, Word};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering, RwLock};
+use crate::table::{Probe, Table, MIN_CAPACITY};
+use crate::wheel::Wheel;
+
+/// Expiry records a claim may process before its own work: bounds the latency expiry adds.
+pub(crate) const CLAIM_EXPIRY_BUDGET: usize = 8;
+
+/// A shard as it sits in the store: the locked part and the counters guards bump under the
+/// read lock.
+#[derive(Debug)]
+pub(crate) struct ShardCell<V> {
+    pub(crate) lock: RwLock<Shard<V>>,
+    pub(crate) completions: AtomicU64,
+    pub(crate) releases: AtomicU64,
+    /// Entries in the Vacant phase (released, not yet reclaimed).
+    pub(crate) vacant: AtomicUsize,
+    /// Set when a transition moved a deadline earlier than the entry's wheel record, so the
+    /// wheel alone may reclaim it late; a capacity check then sweeps the table.
+    pub(crate) shortened: AtomicBool,
+}
+
+/// Counters changed only under the write lock.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) acquired: u64,
+    pub(crate) takeovers: u64,
+    pub(crate) in_progress: u64,
+    pub(crate) replayed: u64,
+    pub(crate) mismatched: u64,
+    pub(crate) rejected: u64,
+    pub(crate) lease_expiries: u64,
+    pub(crate) ttl_expiries: u64,
+}
+
+/// The locked part of a shard.
+#[derive(Debug)]
+pub(crate) struct Shard<V> {
+    pub(crate) table: Table<V>,
+    pub(crate) wheel: Wheel,
+    /// The next fencing token: strictly increasing per shard, hence per key, across lives.
+    next_token: u64,
+    /// The most entries this shard may hold.
+    pub(crate) bound: usize,
+    pub(crate) counts: Counts,
+}
+
+/// What a claim found, before the store turns it into a public [`crate::Claim`].
+#[derive(Debug)]
+pub(crate) enum Outcome<V> {
+    Acquired {
+        token: u64,
+        word: Word,
+        takeover: bool,
+    },
+    InProgress {
+        deadline: u64,
+    },
+    Completed {
+        value: Option<Arc<V>>,
+        deadline: u64,
+    },
+    Mismatch {
+        completed: bool,
+    },
+    Full {
+        limit: usize,
+    },
+}
+
+impl<V> ShardCell<V> {
+    pub(crate) fn new(bound: usize, now: u64) -> Self {
+        Self {
+            lock: RwLock::new(Shard {
+                table: Table::with_capacity(MIN_CAPACITY),
+                wheel: Wheel::new(now),
+                next_token: 1,
+                bound,
+                counts: Counts::default(),
+            }),
+            completions: AtomicU64::new(0),
+            releases: AtomicU64::new(0),
+            vacant: AtomicUsize::new(0),
+            shortened: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<V> Shard<V> {
+    /// Claims `h` at `now` (ms) for a lease ending at `lease_deadline` (ms). Write lock held.
+    #[inline]
+    pub(crate) fn claim(
+        &mut self,
+        cell: &ShardCell<V>,
+        h: &KeyHash,
+        fingerprint: u64,
+        now: u64,
+        lease_deadline: u64,
+    ) -> Outcome<V> {
+        let outcome = self.claim_key(cell, h, fingerprint, now, lease_deadline);
+        // Bounded expiry work after the claim's own: the claim sees its key's previous life
+        // (a takeover is reported as one) unless maintenance reclaimed it earlier.
+        if self.wheel.is_due(now) {
+            self.expire(cell, now, CLAIM_EXPIRY_BUDGET);
+        }
+        outcome
+    }
+
+    #[inline]
+    fn claim_key(
+        &mut self,
+        cell: &ShardCell<V>,
+        h: &KeyHash,
+        fingerprint: u64,
+        now: u64,
+        lease_deadline: u64,
+    ) -> Outcome<V> {
+        let pos = match self.table.probe(h) {
+            Probe::Found(i) => return self.claim_existing(cell, i, fingerprint, now, lease_deadline),
+            Probe::Absent(pos) => pos,
+        };
+        let pos = if self.table.occupied() >= self.bound || self.table.needs_rebuild() {
+            match self.make_room(cell, h, now) {
+                Some(pos) => pos,
+                None => {
+                    self.counts.rejected += 1;
+                    return Outcome::Full { limit: self.bound };
+                }
+            }
+        } else {
+            pos
+        };
+        let token = self.take_token();
+        let word = Word::new(Phase::InFlight, token, lease_deadline);
+        self.table.insert_at(pos, h, word, fingerprint);
+        self.wheel.insert(word.deadline(), pos as u32);
+        self.counts.acquired += 1;
+        Outcome::Acquired {
+            token,
+            word,
+            takeover: false,
+        }
+    }
+
+    #[inline]
+    fn take_token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    #[inline]
+    fn claim_existing(
+        &mut self,
+        cell: &ShardCell<V>,
+        i: usize,
+        fingerprint: u64,
+        now: u64,
+        lease_deadline: u64,
+    ) -> Outcome<V> {
+        let w = self.table.word(i);
+        if w.is_live(now) {
+            let recorded = self.table.fingerprint(i);
+            if fingerprint != 0 && recorded != 0 && fingerprint != recorded {
+                self.counts.mismatched += 1;
+                return Outcome::Mismatch {
+                    completed: w.phase() == Phase::Completed,
+                };
+            }
+            return if w.phase() == Phase::InFlight {
+                self.counts.in_progress += 1;
+                Outcome::InProgress {
+                    deadline: w.deadline(),
+                }
+            } else {
+                self.counts.replayed += 1;
+                Outcome::Completed {
+                    value: self.table.value(i),
+                    deadline: w.deadline(),
+                }
+            };
+        }
+        // Released, or its lease or window ran out: the entry is reused in place. Its wheel
+        // record stays (one per slot) and is filed again at the new deadline when it fires.
+        let takeover = match w.phase() {
+            Phase::Vacant => {
+                cell.vacant.fetch_sub(1, Ordering::Relaxed);
+                self.counts.acquired += 1;
+                false
+            }
+            Phase::InFlight => {
+                self.counts.lease_expiries += 1;
+                self.counts.takeovers += 1;
+                true
+            }
+            Phase::Completed => {
+                self.counts.ttl_expiries += 1;
+                self.counts.acquired += 1;
+                false
+            }
+        };
+        drop(self.table.take_value(i));
+        self.table.set_fingerprint(i, fingerprint);
+        let token = self.take_token();
+        let word = Word::new(Phase::InFlight, token, lease_deadline);
+        self.table.slot(i).word.store_exclusive(word);
+        Outcome::Acquired {
+            token,
+            word,
+            takeover,
+        }
+    }
+
+    /// Finds room for a new key `h` when the shard is at its bound or its table is due for a
+    /// rebuild: reclaims what expired, sweeps if needed, grows if needed. Returns the free slot
+    /// for `h`, or `None` if the shard holds `bound` live entries.
+    #[cold]
+    fn make_room(&mut self, cell: &ShardCell<V>, h: &KeyHash, now: u64) -> Option<usize> {
+        if self.table.occupied() >= self.bound {
+            self.expire(cell, now, usize::MAX);
+            if self.table.occupied() >= self.bound
+                && (cell.vacant.load(Ordering::Relaxed) > 0
+                    || cell.shortened.load(Ordering::Relaxed))
+            {
+                self.rebuild(cell, now);
+            }
+            if self.table.occupied() >= self.bound {
+                return None;
+            }
+        }
+        if self.table.needs_rebuild() {
+            self.rebuild(cell, now);
+        }
+        match self.table.probe(h) {
+            Probe::Absent(pos) => Some(pos),
+            // Unreachable: the key was absent and the lock was held throughout.
+            Probe::Found(_) => None,
+        }
+    }
+
+    /// Rebuilds the table without its dead entries, sized for the survivors at a load of
+    /// about 0.65 (so it grows ~1.4x when full of live keys, and shrinks after a mass expiry),
+    /// and refiles one wheel record per survivor.
+    #[cold]
+    pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64) {
+        let mut survivors = 0usize;
+        for i in 0..self.table.capacity() {
+            if self.table.is_occupied(i) && self.table.word(i).is_live(now) {
+                survivors += 1;
+            }
+        }
+        let wanted = ((survivors + 1) * 100).div_ceil(65);
+        let most = ((self.bound + 1) * 10).div_ceil(9) + crate::table::GROUP;
+        let capacity = wanted.min(most).max(MIN_CAPACITY);
+        let counts = &mut self.counts;
+        let next = self.table.rebuild(capacity, |w| {
+            if w.is_live(now) {
+                return true;
+            }
+            match w.phase() {
+                Phase::Vacant => {}
+                Phase::InFlight => counts.lease_expiries += 1,
+                Phase::Completed => counts.ttl_expiries += 1,
+            }
+            false
+        });
+        self.table = next;
+        self.wheel.clear();
+        for i in 0..self.table.capacity() {
+            if self.table.is_occupied(i) {
+                self.wheel.insert(self.table.word(i).deadline(), i as u32);
+            }
+        }
+        // The write lock excludes every guard, so these reset exactly.
+        cell.vacant.store(0, Ordering::Relaxed);
+        cell.shortened.store(false, Ordering::Relaxed);
+    }
+
+    /// Reclaims entries whose wheel records are due at `now`, handling at most `budget`
+    /// records. Returns the number of entries reclaimed.
+    pub(crate) fn expire(&mut self, cell: &ShardCell<V>, now: u64, budget: usize) -> usize {
+        let mut reclaimed = 0;
+        for _ in 0..budget {
+            let Some(idx) = self.wheel.pop(now) else {
+                break;
+            };
+            let i = idx as usize;
+            if !self.table.is_occupied(i) {
+                continue;
+            }
+            let w = self.table.word(i);
+            match w.phase() {
+                Phase::Vacant => {
+                    cell.vacant.fetch_sub(1, Ordering::Relaxed);
+                }
+                _ if w.deadline() <= now => {
+                    if w.phase() == Phase::InFlight {
+                        self.counts.lease_expiries += 1;
+                    } else {
+                        self.counts.ttl_expiries += 1;
+                    }
+                }
+                _ => {
+                    self.wheel.insert(w.deadline(), idx);
+                    continue;
+                }
+            }
+            self.table.remove(i);
+            reclaimed += 1;
+        }
+        reclaimed
+    }
+
+    /// The owner's fenced transition of `h` from `expected` to `next`, under the read lock.
+    /// Returns the slot on success.
+    #[inline]
+    pub(crate) fn transition(&self, h: &KeyHash, expected: Word, next: Word) -> Option<usize> {
+        let i = self.table.find(h)?;
+        self.table.slot(i).word.transition(expected, next).ok()?;
+        Some(i)
+    }
+}

@@ -1,0 +1,641 @@
+//! The public handle: [`Store`], the outcome of a claim ([`Claim`]) and the owner's [`Guard`].
+
+use std::fmt;
+use std::sync::{Arc as StdArc, OnceLock};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+use crate::builder::Builder;
+use crate::clock::{deadline_ms, floor_ms, nanos_of, Clock};
+use crate::error::Error;
+use crate::key::{hash_fingerprint, hash_id, hash_key, KeyHash};
+use crate::shard::{Outcome, ShardCell};
+use crate::state::{Phase, Word};
+use crate::stats::Stats;
+use crate::sync::{Arc, Ordering};
+use crate::table::stores_values;
+
+/// The longest scope accepted by [`ClaimOptions::scope`], in bytes.
+pub const MAX_SCOPE_LEN: usize = 4096;
+
+/// The longest lease or ttl accepted: ten years.
+pub const MAX_SPAN: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Records a maintenance pass handles per lock acquisition, so maintenance never holds a shard
+/// long enough to stall a claim.
+const MAINTENANCE_CHUNK: usize = 1024;
+
+/// An idempotency store: claims keys, records their results and replays them to duplicates.
+///
+/// `V` is the stored result of a completed key; `V = ()` makes a dedup-only store whose entries
+/// hold no value at all. `Store` is `Send + Sync` and cheap to clone (clones share one store).
+///
+/// ```
+/// use std::time::Duration;
+/// use idemstore::{Claim, Store};
+///
+/// let store: Store<String> = Store::builder().ttl(Duration::from_secs(86_400)).build()?;
+/// match store.claim("order-7")? {
+///     Claim::Acquired(guard) => guard.complete("charged 10 EUR".to_string())?,
+///     other => unreachable!("first claim of a new key: {other:?}"),
+/// }
+/// // A retry of the same request replays the stored result instead of charging again.
+/// let Claim::Completed(replay) = store.claim("order-7")? else { unreachable!() };
+/// assert_eq!(replay.value(), "charged 10 EUR");
+/// # Ok::<(), idemstore::Error>(())
+/// ```
+pub struct Store<V = ()> {
+    pub(crate) inner: Arc<Inner<V>>,
+}
+
+pub(crate) struct Inner<V> {
+    pub(crate) shards: Box<[CachePadded<ShardCell<V>>]>,
+    pub(crate) shard_bits: u32,
+    pub(crate) seed: u64,
+    pub(crate) ttl_nanos: u64,
+    pub(crate) lease_nanos: u64,
+    pub(crate) max_key_len: usize,
+    pub(crate) max_entries: usize,
+    pub(crate) clock: Clock,
+    /// The value replayed for zero-sized `V`: all values of such a type are alike, so one is
+    /// kept for the whole store instead of one per entry.
+    pub(crate) unit: OnceLock<V>,
+    /// The optional background maintenance thread, woken on drop so it exits promptly.
+    pub(crate) maintainer: OnceLock<std::thread::Thread>,
+}
+
+impl<V> Drop for Inner<V> {
+    fn drop(&mut self) {
+        if let Some(t) = self.maintainer.get() {
+            t.unpark();
+        }
+    }
+}
+
+impl<V> Clone for Store<V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<V> fmt::Debug for Store<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("shards", &self.inner.shards.len())
+            .field("max_entries", &self.inner.max_entries)
+            .field("ttl", &Duration::from_nanos(self.inner.ttl_nanos))
+            .field("lease", &Duration::from_nanos(self.inner.lease_nanos))
+            .field("clock", &self.inner.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-claim options: a scope, a payload fingerprint and a lease.
+///
+/// ```
+/// use std::time::Duration;
+/// use idemstore::ClaimOptions;
+///
+/// let body = br#"{"amount": 1000}"#;
+/// let opts = ClaimOptions::new()
+///     .scope("tenant-9")
+///     .fingerprint(body)
+///     .lease(Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+#[must_use]
+pub struct ClaimOptions<'a> {
+    scope: &'a [u8],
+    fingerprint: Option<&'a [u8]>,
+    lease: Option<Duration>,
+}
+
+impl<'a> ClaimOptions<'a> {
+    /// No scope, no fingerprint, the store's default lease.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The namespace of the key (tenant, account, route): equal keys in different scopes are
+    /// different keys. At most [`MAX_SCOPE_LEN`] bytes; empty means no scope.
+    pub fn scope<S: AsRef<[u8]> + ?Sized>(mut self, scope: &'a S) -> Self {
+        self.scope = scope.as_ref();
+        self
+    }
+
+    /// The payload this key is used with. The first claim records it; a later claim of the key
+    /// (in flight or completed) with a different fingerprint gets [`Claim::Mismatch`]. A claim
+    /// without one never mismatches.
+    pub fn fingerprint<F: AsRef<[u8]> + ?Sized>(mut self, payload: &'a F) -> Self {
+        self.fingerprint = Some(payload.as_ref());
+        self
+    }
+
+    /// The lease for this claim if it acquires the key, instead of the store's default.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+}
+
+/// The outcome of a claim: exactly one of four.
+#[must_use = "a claim that is Acquired must be completed or released"]
+pub enum Claim<'a, V = ()> {
+    /// This caller owns the key: do the work, then [`Guard::complete`] (or release) it.
+    Acquired(Guard<'a, V>),
+    /// Another owner holds an unexpired lease on the key.
+    InProgress(InProgress),
+    /// The work finished within the dedup window: here is its result.
+    Completed(Replay<'a, V>),
+    /// The key is known, but with a different payload fingerprint.
+    Mismatch(Mismatch),
+}
+
+impl<V> Claim<'_, V> {
+    /// Whether this caller acquired the key.
+    pub fn is_acquired(&self) -> bool {
+        matches!(self, Claim::Acquired(_))
+    }
+
+    /// Whether the key is in flight elsewhere.
+    pub fn is_in_progress(&self) -> bool {
+        matches!(self, Claim::InProgress(_))
+    }
+
+    /// Whether the key completed and this is a replay.
+    pub fn is_completed(&self) -> bool {
+        matches!(self, Claim::Completed(_))
+    }
+
+    /// Whether the payload fingerprint differed.
+    pub fn is_mismatch(&self) -> bool {
+        matches!(self, Claim::Mismatch(_))
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for Claim<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Claim::Acquired(g) => f.debug_tuple("Acquired").field(g).finish(),
+            Claim::InProgress(p) => f.debug_tuple("InProgress").field(p).finish(),
+            Claim::Completed(r) => f.debug_tuple("Completed").field(r).finish(),
+            Claim::Mismatch(m) => f.debug_tuple("Mismatch").field(m).finish(),
+        }
+    }
+}
+
+/// The key is in flight: another owner holds an unexpired lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InProgress {
+    retry_after: Duration,
+}
+
+impl InProgress {
+    /// Time until the owner's lease runs out, when a claim could take the key over (HTTP
+    /// layers send it as `Retry-After`). The owner may finish or extend before then.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+/// The key is known with a different payload fingerprint (HTTP 422).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mismatch {
+    completed: bool,
+}
+
+impl Mismatch {
+    /// Whether the key had completed (otherwise it is in flight).
+    pub fn is_completed(&self) -> bool {
+        self.completed
+    }
+}
+
+/// The stored result of a completed key, handed to a duplicate.
+pub struct Replay<'a, V = ()> {
+    value: Held<'a, V>,
+    completed_at_ms: u64,
+    expires_at_ms: u64,
+    now_nanos: u64,
+}
+
+enum Held<'a, V> {
+    /// One shared allocation per completed entry: replays never deep-copy the value.
+    Shared(StdArc<V>),
+    /// Zero-sized values: the store's one instance.
+    Unit(&'a V),
+}
+
+impl<V> Replay<'_, V> {
+    /// The result the owner completed the key with.
+    pub fn value(&self) -> &V {
+        match &self.value {
+            Held::Shared(v) => v,
+            Held::Unit(v) => v,
+        }
+    }
+
+    /// When the key completed, on the store's clock (to the millisecond).
+    pub fn completed_at(&self) -> Duration {
+        Duration::from_millis(self.completed_at_ms)
+    }
+
+    /// When the key's dedup window ends, on the store's clock.
+    pub fn expires_at(&self) -> Duration {
+        Duration::from_millis(self.expires_at_ms)
+    }
+
+    /// Time left in the key's dedup window, measured from the claim.
+    pub fn expires_in(&self) -> Duration {
+        Duration::from_millis(self.expires_at_ms).saturating_sub(Duration::from_nanos(self.now_nanos))
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for Replay<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replay")
+            .field("value", self.value())
+            .field("completed_at", &self.completed_at())
+            .field("expires_in", &self.expires_in())
+            .finish()
+    }
+}
+
+/// Ownership of a claimed key. Complete it with the result, or release it on failure;
+/// dropping it without completing releases the key, so a panic or an early return never
+/// leaves the key stuck for a whole lease.
+///
+/// Every operation is fenced: once the lease has run out, the guard gets [`Error::LeaseLost`]
+/// and changes nothing, so a stalled owner can never overwrite a newer owner's result.
+#[must_use = "dropping a guard releases the key; complete it with the result of the work"]
+pub struct Guard<'a, V = ()> {
+    store: &'a Store<V>,
+    hash: KeyHash,
+    shard: usize,
+    token: u64,
+    word: Word,
+    takeover: bool,
+    active: bool,
+}
+
+impl<V> fmt::Debug for Guard<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("token", &self.token)
+            .field("takeover", &self.takeover)
+            .field("lease_deadline", &self.lease_deadline())
+            .finish()
+    }
+}
+
+impl<V> Store<V> {
+    /// A builder with the defaults: 24 h ttl, 30 s lease, 10 million entries, system clock.
+    pub fn builder() -> Builder<V> {
+        Builder::new()
+    }
+
+    /// Claims `key` with the default options. See [`Store::claim_with`].
+    #[inline]
+    pub fn claim<K: AsRef<[u8]>>(&self, key: K) -> Result<Claim<'_, V>, Error> {
+        let key = key.as_ref();
+        self.check_key(key)?;
+        let h = hash_key(self.inner.seed, &[], key);
+        self.claim_hashed(h, 0, self.inner.lease_nanos)
+    }
+
+    /// Claims `key` with a scope, a payload fingerprint or a lease of its own.
+    ///
+    /// Errors: [`Error::InvalidKey`] for an empty key or one longer than `max_key_len`,
+    /// [`Error::InvalidScope`], [`Error::InvalidLease`], and [`Error::CapacityExceeded`] when
+    /// a new key finds the store full. A failed claim changes nothing.
+    pub fn claim_with<K: AsRef<[u8]>>(
+        &self,
+        key: K,
+        options: &ClaimOptions<'_>,
+    ) -> Result<Claim<'_, V>, Error> {
+        let key = key.as_ref();
+        self.check_key(key)?;
+        if options.scope.len() > MAX_SCOPE_LEN {
+            return Err(Error::InvalidScope {
+                len: options.scope.len(),
+                max_len: MAX_SCOPE_LEN,
+            });
+        }
+        let h = hash_key(self.inner.seed, options.scope, key);
+        self.claim_opts(h, options)
+    }
+
+    /// Claims a caller's own 128-bit id (a UUID, a message id) directly: no key bytes to check.
+    #[inline]
+    pub fn claim_id(&self, id: u128) -> Result<Claim<'_, V>, Error> {
+        let h = hash_id(self.inner.seed, id);
+        self.claim_hashed(h, 0, self.inner.lease_nanos)
+    }
+
+    /// [`Store::claim_id`] with options; the scope is ignored, since the id is already unique.
+    pub fn claim_id_with(
+        &self,
+        id: u128,
+        options: &ClaimOptions<'_>,
+    ) -> Result<Claim<'_, V>, Error> {
+        self.claim_opts(hash_id(self.inner.seed, id), options)
+    }
+
+    fn claim_opts(&self, h: KeyHash, options: &ClaimOptions<'_>) -> Result<Claim<'_, V>, Error> {
+        let lease = match options.lease {
+            Some(l) => check_lease(l)?,
+            None => self.inner.lease_nanos,
+        };
+        let fp = options
+            .fingerprint
+            .map_or(0, |f| hash_fingerprint(self.inner.seed, f));
+        self.claim_hashed(h, fp, lease)
+    }
+
+    #[inline]
+    fn check_key(&self, key: &[u8]) -> Result<(), Error> {
+        if key.is_empty() || key.len() > self.inner.max_key_len {
+            return Err(self.key_error(key));
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn key_error(&self, key: &[u8]) -> Error {
+        Error::InvalidKey {
+            reason: if key.is_empty() {
+                "the key is empty"
+            } else {
+                "the key is longer than max_key_len"
+            },
+            max_len: self.inner.max_key_len,
+        }
+    }
+
+    #[inline]
+    fn claim_hashed(&self, h: KeyHash, fp: u64, lease_nanos: u64) -> Result<Claim<'_, V>, Error> {
+        let inner = &*self.inner;
+        let shard = h.shard(inner.shard_bits);
+        let cell = &inner.shards[shard];
+        let mut locked = cell.lock.write();
+        // Read the clock under the lock, so time seen by operations on one shard never goes
+        // backwards in the order they take effect.
+        let now_nanos = inner.clock.now_nanos();
+        let now = floor_ms(now_nanos);
+        let outcome = locked.claim(cell, &h, fp, now, deadline_ms(now_nanos, lease_nanos));
+        drop(locked);
+        Ok(match outcome {
+            Outcome::Acquired {
+                token,
+                word,
+                takeover,
+            } => Claim::Acquired(Guard {
+                store: self,
+                hash: h,
+                shard,
+                token,
+                word,
+                takeover,
+                active: true,
+            }),
+            Outcome::InProgress { deadline } => Claim::InProgress(InProgress {
+                retry_after: Duration::from_millis(deadline)
+                    .saturating_sub(Duration::from_nanos(now_nanos)),
+            }),
+            Outcome::Completed { value, deadline } => Claim::Completed(Replay {
+                value: match value {
+                    Some(v) => Held::Shared(v),
+                    None => Held::Unit(inner.unit.get().expect(
+                        "invariant: a completed entry without a stored value has a zero-sized type, \
+                         whose one instance was kept when it completed",
+                    )),
+                },
+                completed_at_ms: deadline.saturating_sub(inner.ttl_nanos.div_ceil(1_000_000)),
+                expires_at_ms: deadline,
+                now_nanos,
+            }),
+            Outcome::Mismatch { completed } => Claim::Mismatch(Mismatch { completed }),
+            Outcome::Full { limit } => return Err(Error::CapacityExceeded { limit }),
+        })
+    }
+
+    /// Entries held: in flight, completed, or released and expired entries not yet reclaimed.
+    /// After [`Store::run_maintenance`], every held entry except released ones awaiting their
+    /// lease deadline is live.
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.lock.read().table.occupied())
+            .sum()
+    }
+
+    /// Whether the store holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// Reclaims the memory of every entry whose deadline has passed, shard by shard, in short
+    /// lock holds. Claims do some of this work as they go (a bounded amount each); call this
+    /// (or set [`Builder::maintenance_interval`]) so idle shards give memory back too.
+    /// Returns the number of entries reclaimed.
+    pub fn run_maintenance(&self) -> usize {
+        self.inner.run_maintenance()
+    }
+
+    /// Counters and gauges to alert on. Sums over the shards, each read at a slightly
+    /// different instant.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats {
+            max_entries: self.inner.max_entries,
+            memory_bytes: std::mem::size_of::<Inner<V>>()
+                + self.inner.shards.len() * std::mem::size_of::<CachePadded<ShardCell<V>>>(),
+            ..Stats::default()
+        };
+        for cell in self.inner.shards.iter() {
+            let shard = cell.lock.read();
+            let c = shard.counts;
+            s.acquired += c.acquired;
+            s.takeovers += c.takeovers;
+            s.in_progress += c.in_progress;
+            s.replayed += c.replayed;
+            s.mismatched += c.mismatched;
+            s.rejected += c.rejected;
+            s.lease_expiries += c.lease_expiries;
+            s.ttl_expiries += c.ttl_expiries;
+            s.entries += shard.table.occupied();
+            s.memory_bytes += shard.table.heap_bytes() + shard.wheel.heap_bytes();
+            if stores_values::<V>() {
+                // Each completed entry's value sits in its own Arc allocation.
+                s.memory_bytes += shard.table.occupied() * (16 + std::mem::size_of::<V>());
+            }
+            drop(shard);
+            s.completions += cell.completions.load(Ordering::Relaxed);
+            s.releases += cell.releases.load(Ordering::Relaxed);
+        }
+        s
+    }
+}
+
+impl<V> Inner<V> {
+    pub(crate) fn run_maintenance(&self) -> usize {
+        let mut reclaimed = 0;
+        for cell in self.shards.iter() {
+            loop {
+                let mut shard = cell.lock.write();
+                let now = floor_ms(self.clock.now_nanos());
+                if !shard.wheel.is_due(now) {
+                    break;
+                }
+                reclaimed += shard.expire(cell, now, MAINTENANCE_CHUNK);
+            }
+        }
+        reclaimed
+    }
+}
+
+/// Checks a lease and converts it to nanoseconds.
+pub(crate) fn check_lease(lease: Duration) -> Result<u64, Error> {
+    if lease.is_zero() || lease > MAX_SPAN {
+        return Err(Error::InvalidLease {
+            lease,
+            max: MAX_SPAN,
+        });
+    }
+    Ok(nanos_of(lease))
+}
+
+impl<'a, V> Guard<'a, V> {
+    /// The fencing token: strictly greater than every token handed out for this key before.
+    /// Pass it to downstream systems so they can refuse writes from a stale owner.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Whether this claim took the key over from an owner whose lease ran out (the earlier
+    /// attempt may have done part of the work).
+    pub fn is_takeover(&self) -> bool {
+        self.takeover
+    }
+
+    /// When the lease runs out, on the store's clock.
+    pub fn lease_deadline(&self) -> Duration {
+        Duration::from_millis(self.word.deadline())
+    }
+
+    /// Time left on the lease.
+    pub fn lease_remaining(&self) -> Duration {
+        self.lease_deadline()
+            .saturating_sub(self.store.inner.clock.now())
+    }
+
+    /// Completes the key with the result of the work: duplicates replay `value` for the
+    /// store's ttl, counted from now. Err([`Error::LeaseLost`]) if the lease ran out; then
+    /// nothing was written.
+    pub fn complete(mut self, value: V) -> Result<(), Error> {
+        self.active = false;
+        let inner = &*self.store.inner;
+        let cell = &inner.shards[self.shard];
+        // Allocate before taking the lock; a lost lease drops it unused.
+        let value = if stores_values::<V>() {
+            Ok(StdArc::new(value))
+        } else {
+            Err(value)
+        };
+        let shard = cell.lock.read();
+        let now_nanos = inner.clock.now_nanos();
+        if floor_ms(now_nanos) >= self.word.deadline() {
+            return Err(Error::LeaseLost);
+        }
+        let next = self
+            .word
+            .with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
+        let Some(i) = shard.transition(&self.hash, self.word, next) else {
+            return Err(Error::LeaseLost);
+        };
+        match value {
+            // SAFETY: we won this slot's InFlight → Completed transition just now, under the
+            // read lock we still hold.
+            Ok(shared) => unsafe { shard.table.publish_value(i, shared) },
+            Err(unit) => {
+                let _ = inner.unit.get_or_init(|| unit);
+            }
+        }
+        if next.deadline() < self.word.deadline() {
+            cell.shortened.store(true, Ordering::Relaxed);
+        }
+        drop(shard);
+        cell.completions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives the key back unfinished, so a retry can run the work again.
+    pub fn release(mut self) -> Result<(), Error> {
+        self.active = false;
+        self.release_key()
+    }
+
+    fn release_key(&self) -> Result<(), Error> {
+        let inner = &*self.store.inner;
+        let cell = &inner.shards[self.shard];
+        let shard = cell.lock.read();
+        if floor_ms(inner.clock.now_nanos()) >= self.word.deadline() {
+            return Err(Error::LeaseLost);
+        }
+        // The entry keeps its deadline: its wheel record reclaims it then, if no claim reuses
+        // it first.
+        let next = self.word.with(Phase::Vacant, self.word.deadline());
+        if shard.transition(&self.hash, self.word, next).is_none() {
+            return Err(Error::LeaseLost);
+        }
+        // Counted under the read lock, so a rebuild (write lock) sees it exactly.
+        cell.vacant.fetch_add(1, Ordering::Relaxed);
+        drop(shard);
+        cell.releases.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Heartbeat for long work: the lease now ends `lease` from now. Err([`Error::LeaseLost`])
+    /// if it had already run out; [`Error::InvalidLease`] for a zero or over-long lease (the
+    /// guard is unchanged and still usable).
+    pub fn extend(&mut self, lease: Duration) -> Result<(), Error> {
+        let lease = check_lease(lease)?;
+        let inner = &*self.store.inner;
+        let cell = &inner.shards[self.shard];
+        let shard = cell.lock.read();
+        let now_nanos = inner.clock.now_nanos();
+        if floor_ms(now_nanos) >= self.word.deadline() {
+            self.active = false;
+            return Err(Error::LeaseLost);
+        }
+        let next = self
+            .word
+            .with(Phase::InFlight, deadline_ms(now_nanos, lease));
+        if shard.transition(&self.hash, self.word, next).is_none() {
+            self.active = false;
+            return Err(Error::LeaseLost);
+        }
+        if next.deadline() < self.word.deadline() {
+            cell.shortened.store(true, Ordering::Relaxed);
+        }
+        self.word = next;
+        Ok(())
+    }
+}
+
+impl<V> Drop for Guard<'_, V> {
+    fn drop(&mut self) {
+        if self.active {
+            // A lost lease has nothing to give back; the error carries no news here.
+            let _ = self.release_key();
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! One shard's hash table: open addressing over groups of eight slots, probed linearly.
+//!
+//! Beside the slots sits an array of tag bytes, one per slot: `EMPTY`, `DELETED`, or the low
+//! byte of the key's hash. A probe reads eight tags as one `u64` and finds matching and empty
+//! bytes with exact SWAR arithmetic, so it touches the 24-byte slots only for likely matches.
+//! The home group comes from a multiply-shift, so the group count is free to be any number and
+//! the table grows by about 1.4x instead of 2x, which keeps the load between 0.65 and 0.9.
+//!
+//! Slots never move except when the whole table is rebuilt, which is what lets the timing wheel
+//! refer to an entry by its 4-byte index.
+
+use std::sync::Arc;
+
+use crate::key::KeyHash;
+use crate::state::{StateWord, Word};
+use crate::sync::{Ordering, UnsafeCell};
+
+pub(crate) const EMPTY: u8 = 0;
+pub(crate) const DELETED: u8 = 1;
+pub(crate) const GROUP: usize = 8;
+/// The smallest table, in slots.
+pub(crate) const MIN_CAPACITY: usize = 2 * GROUP;
+
+const LSB: u64 = 0x0101_0101_0101_0101;
+const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+
+/// Bit 7 of each byte of the result is set iff that byte of `x` is zero. Exact: unlike the
+/// classic `(x - LSB) & !x` trick it has no false positives, which matters because a false
+/// "empty" would end a probe early and admit a duplicate.
+#[inline]
+fn zero_bytes(x: u64) -> u64 {
+    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
+/// Bytes of `group` equal to `byte`.
+#[inline]
+fn match_byte(group: u64, byte: u8) -> u64 {
+    zero_bytes(group ^ (LSB * u64::from(byte)))
+}
+
+/// One entry: the key's 128-bit hash and its state word. 24 bytes.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    hi: u64,
+    lo: u64,
+    pub(crate) word: StateWord,
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Self {
+            hi: 0,
+            lo: 0,
+            word: StateWord::new(Word::new(crate::state::Phase::Vacant, 0, 0)),
+        }
+    }
+}
+
+/// The stored result of a completed entry.
+///
+/// Written by the one guard whose transition to Completed succeeded, while it holds the shard's
+/// read lock; read and cleared only under the shard's write lock.
+#[derive(Debug)]
+pub(crate) struct ValueCell<V>(UnsafeCell<Option<Arc<V>>>);
+
+// SAFETY: the cell is shared between threads only inside a shard's `RwLock`. Writers under the
+// read lock are exclusive per cell: only the guard that won the InFlight → Completed CAS on that
+// slot's word writes it, and each CAS succeeds at most once per installed word. Every other
+// access holds the write lock, which excludes all read-lock holders. `Arc<V>` moves between
+// threads, hence `V: Send + Sync`.
+unsafe impl<V: Send + Sync> Sync for ValueCell<V> {}
+
+/// Where a probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// The key sits in this slot.
+    Found(usize),
+    /// The key is absent; this is the first free slot on its probe path.
+    Absent(usize),
+}
+
+/// The table of one shard.
+#[derive(Debug)]
+pub(crate) struct Table<V> {
+    tags: Box<[u8]>,
+    slots: Box<[Slot]>,
+    /// Empty for zero-sized `V`: dedup-only stores pay nothing for values.
+    values: Box<[ValueCell<V>]>,
+    /// Payload fingerprints (0 = none); allocated on the shard's first fingerprinted claim.
+    fingerprints: Option<Box<[u64]>>,
+    groups: usize,
+    occupied: usize,
+    deleted: usize,
+}
+
+/// Whether values of type `V` take memory and so must be stored per slot.
+#[inline]
+pub(crate) const fn stores_values<V>() -> bool {
+    std::mem::size_of::<V>() != 0
+}
+
+impl<V> Table<V> {
+    /// A table of at least `capacity` slots (rounded up to whole groups).
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        let groups = capacity.max(MIN_CAPACITY).div_ceil(GROUP);
+        let cap = groups * GROUP;
+        let values = if stores_values::<V>() {
+            (0..cap).map(|_| ValueCell(UnsafeCell::new(None))).collect()
+        } else {
+            Box::default()
+        };
+        Self {
+            tags: vec![EMPTY; cap].into_boxed_slice(),
+            slots: (0..cap).map(|_| Slot::empty()).collect(),
+            values,
+            fingerprints: None,
+            groups,
+            occupied: 0,
+            deleted: 0,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn capacity(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Entries held (in any phase, expired or not).
+    #[inline]
+    pub(crate) fn occupied(&self) -> usize {
+        self.occupied
+    }
+
+    /// Whether one more insert would take the load (with tombstones) past 0.9.
+    #[inline]
+    pub(crate) fn needs_rebuild(&self) -> bool {
+        (self.occupied + self.deleted + 1) * 10 > self.capacity() * 9
+    }
+
+    #[inline]
+    pub(crate) fn is_occupied(&self, i: usize) -> bool {
+        self.tags[i] >= crate::key::FIRST_TAG
+    }
+
+    #[inline]
+    pub(crate) fn slot(&self, i: usize) -> &Slot {
+        &self.slots[i]
+    }
+
+    /// The word of slot `i`; call only with the write lock held, or accept a racing guard's
+    /// transition.
+    #[inline]
+    pub(crate) fn word(&self, i: usize) -> Word {
+        self.slots[i].word.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn group_tags(&self, g: usize) -> u64 {
+        let base = g * GROUP;
+        let mut b = [0u8; GROUP];
+        b.copy_from_slice(&self.tags[base..base + GROUP]);
+        u64::from_le_bytes(b)
+    }
+
+    /// Finds `h`, or the first free slot on its path.
+    #[inline]
+    pub(crate) fn probe(&self, h: &KeyHash) -> Probe {
+        let tag = h.tag();
+        let mut g = h.home(self.groups);
+        let mut free = None;
+        for _ in 0..self.groups {
+            let tags = self.group_tags(g);
+            let mut hits = match_byte(tags, tag);
+            while hits != 0 {
+                let i = g * GROUP + (hits.trailing_zeros() / 8) as usize;
+                let s = &self.slots[i];
+                if s.hi == h.hi && s.lo == h.lo {
+                    return Probe::Found(i);
+                }
+                hits &= hits - 1;
+            }
+            let empty = zero_bytes(tags);
+            if free.is_none() {
+                let f = empty | match_byte(tags, DELETED);
+                if f != 0 {
+                    free = Some(g * GROUP + (f.trailing_zeros() / 8) as usize);
+                }
+            }
+            if empty != 0 {
+                break;
+            }
+            g += 1;
+            if g == self.groups {
+                g = 0;
+            }
+        }
+        // The load is kept at or below 0.9, so a free slot always exists.
+        Probe::Absent(free.unwrap_or(0))
+    }
+
+    /// The slot of `h`, if present.
+    #[inline]
+    pub(crate) fn find(&self, h: &KeyHash) -> Option<usize> {
+        match self.probe(h) {
+            Probe::Found(i) => Some(i),
+            Probe::Absent(_) => None,
+        }
+    }
+
+    /// Puts a new entry in the free slot `pos` returned by [`Table::probe`].
+    #[inline]
+    pub(crate) fn insert_at(&mut self, pos: usize, h: &KeyHash, word: Word, fingerprint: u64) {
+        debug_assert!(!self.is_occupied(pos));
+        if self.tags[pos] == DELETED {
+            self.deleted -= 1;
+        }
+        self.tags[pos] = h.tag();
+        let s = &mut self.slots[pos];
+        s.hi = h.hi;
+        s.lo = h.lo;
+        s.word.store_exclusive(word);
+        self.occupied += 1;
+        self.set_fingerprint(pos, fingerprint);
+    }
+
+    /// Removes the entry in slot `i`, dropping its value.
+    pub(crate) fn remove(&mut self, i: usize) {
+        debug_assert!(self.is_occupied(i));
+        // A group that still has an EMPTY byte was never full since the last rebuild, so no
+        // probe ever passed through it: the slot can go back to EMPTY instead of a tombstone.
+        let g = i / GROUP;
+        if zero_bytes(self.group_tags(g)) != 0 {
+            self.tags[i] = EMPTY;
+        } else {
+            self.tags[i] = DELETED;
+            self.deleted += 1;
+        }
+        self.occupied -= 1;
+        drop(self.take_value(i));
+    }
+
+    /// The fingerprint recorded for slot `i` (0 = none).
+    #[inline]
+    pub(crate) fn fingerprint(&self, i: usize) -> u64 {
+        self.fingerprints.as_ref().map_or(0, |f| f[i])
+    }
+
+    #[inline]
+    pub(crate) fn set_fingerprint(&mut self, i: usize, fp: u64) {
+        if fp == 0 && self.fingerprints.is_none() {
+            return;
+        }
+        let cap = self.capacity();
+        let fps = self
+            .fingerprints
+            .get_or_insert_with(|| vec![0; cap].into_boxed_slice());
+        fps[i] = fp;
+    }
+
+    /// A shared handle to slot `i`'s value. Write lock only.
+    #[inline]
+    pub(crate) fn value(&self, i: usize) -> Option<Arc<V>> {
+        let cell = self.values.get(i)?;
+        // SAFETY: the caller holds the shard's write lock (`&self` here is reached only through
+        // it on this path), which excludes the read-lock writer of `ValueCell`.
+        cell.0.with(|p| unsafe { (*p).clone() })
+    }
+
+    /// Takes slot `i`'s value out. Needs `&mut self`, so no other access can race.
+    #[inline]
+    pub(crate) fn take_value(&mut self, i: usize) -> Option<Arc<V>> {
+        self.values.get_mut(i)?.0.get_mut().take()
+    }
+
+    /// Stores slot `i`'s value under a *read* lock.
+    ///
+    /// # Safety
+    /// The caller must have just won the InFlight → Completed transition of slot `i`'s word
+    /// while holding the shard's read lock, and still hold that lock.
+    #[inline]
+    pub(crate) unsafe fn publish_value(&self, i: usize, value: Arc<V>) {
+        if let Some(cell) = self.values.get(i) {
+            // SAFETY: by this function's contract we are the only writer of this cell (one CAS
+            // winner per installed word), and readers need the write lock, which our read lock
+            // excludes. The old value was cleared when the slot was (re)acquired.
+            let old = cell.0.with_mut(|p| unsafe { std::ptr::replace(p, Some(value)) });
+            drop(old);
+        }
+    }
+
+    /// Moves every entry for which `keep` says yes into a new table of `capacity` slots;
+    /// `keep` sees each entry's slot index and word. Returns the new table.
+    pub(crate) fn rebuild(
+        &mut self,
+        capacity: usize,
+        mut keep: impl FnMut(Word) -> bool,
+    ) -> Table<V> {
+        let mut next = Table::with_capacity(capacity);
+        for i in 0..self.capacity() {
+            if !self.is_occupied(i) {
+                continue;
+            }
+            let w = self.word(i);
+            if !keep(w) {
+                continue;
+            }
+            let s = &self.slots[i];
+            let h = KeyHash { hi: s.hi, lo: s.lo };
+            let fp = self.fingerprint(i);
+            let value = self.take_value(i);
+            if let Probe::Absent(pos) = next.probe(&h) {
+                next.insert_at(pos, &h, w, fp);
+                if let Some(v) = value {
+                    if let Some(cell) = next.values.get_mut(pos) {
+                        *cell.0.get_mut() = Some(v);
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    /// Bytes this table holds on the heap (tags, slots, values, fingerprints).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let cap = self.capacity();
+        cap * (1 + std::mem::size_of::<Slot>())
+            + self.values.len() * std::mem::size_of::<ValueCell<V>>()
+            + self.fingerprints.as_ref().map_or(0, |f| f.len() * 8)
+    }
+}
+
+#[cfg(all(test, not(idemstore_loom)))]
+mod tests {
+    use super::*;
+    use crate::key::hash_key;
+    use crate::state::Phase;
+
+    fn w(d: u64) -> Word {
+        Word::new(Phase::InFlight, 1, d)
+    }
+
+    #[test]
+    fn zero_byte_detection_is_exact() {
+        for x in [
+            0u64,
+            u64::MAX,
+            0x0100_0000_0000_0000,
+            0x0001_0001_0001_0001,
+            0x8000_0000_0000_0080,
+        ] {
+            let got = zero_bytes(x);
+            for b in 0..8 {
+                let byte = (x >> (b * 8)) as u8;
+                assert_eq!(got >> (b * 8 + 7) & 1 == 1, byte == 0, "x={x:#x} byte {b}");
+            }
+        }
+        // The classic trick reports a false zero for 0x01 above a real zero: this one doesn't.
+        assert_eq!(zero_bytes(0xFFFF_FFFF_FFFF_0100), 0x80);
+    }
+
+    #[test]
+    fn slots_are_24_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+    }
+
+    #[test]
+    fn insert_find_remove() {
+        let mut t: Table<()> = Table::with_capacity(64);
+        let keys: Vec<_> = (0..50u32)
+            .map(|i| hash_key(9, b"", &i.to_le_bytes()))
+            .collect();
+        for (i, h) in keys.iter().enumerate() {
+            match t.probe(h) {
+                Probe::Absent(pos) => t.insert_at(pos, h, w(i as u64), 0),
+                Probe::Found(_) => panic!("not yet inserted"),
+            }
+        }
+        assert_eq!(t.occupied(), 50);
+        for (i, h) in keys.iter().enumerate() {
+            let at = t.find(h).expect("present");
+            assert_eq!(t.word(at).deadline(), i as u64);
+        }
+        for h in &keys[..25] {
+            let at = t.find(h).unwrap();
+            t.remove(at);
+        }
+        assert_eq!(t.occupied(), 25);
+        for (i, h) in keys.iter().enumerate() {
+            assert_eq!(t.find(h).is_some(), i >= 25);
+        }
+    }
+
+    #[test]
+    fn full_probe_chains_survive_tombstones() {
+        // A table of two groups, filled to 15 of 16: chains cross group boundaries.
+        let mut t: Table<u32> = Table::with_capacity(16);
+        let keys: Vec<_> = (0..15u32)
+            .map(|i| hash_key(1, b"", &i.to_le_bytes()))
+            .collect();
+        for h in &keys {
+            let Probe::Absent(pos) = t.probe(h) else {
+                panic!()
+            };
+            t.insert_at(pos, h, w(1), 7);
+        }
+        for h in keys.iter().step_by(2) {
+            let at = t.find(h).unwrap();
+            t.remove(at);
+        }
+        for (i, h) in keys.iter().enumerate() {
+            assert_eq!(t.find(h).is_some(), i % 2 == 1, "key {i}");
+        }
+        let rebuilt = t.rebuild(32, |_| true);
+        assert_eq!(rebuilt.occupied(), 7);
+        for (i, h) in keys.iter().enumerate() {
+            let found = rebuilt.find(h);
+            assert_eq!(found.is_some(), i % 2 == 1);
+            if let Some(at) = found {
+                assert_eq!(rebuilt.fingerprint(at), 7);
+            }
+        }
+    }
+
+    #[test]
+    fn dedup_only_tables_store_no_values() {
+        let t: Table<()> = Table::with_capacity(1000);
+        assert_eq!(t.values.len(), 0);
+        assert!(t.fingerprints.is_none());
+        assert_eq!(t.heap_bytes(), t.capacity() * 25);
+    }
+}

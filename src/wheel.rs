@@ -1,0 +1,286 @@
+//! A hierarchical timing wheel of expiry records, one per shard, run under the shard's lock.
+//!
+//! Six levels of 64 slots with a 1 ms tick cover 2^36 ms (2.2 years) at O(1) per record, whether
+//! the deadline is one second or one day away (the shape of tokio's timer wheel). A record is just
+//! the `u32` slot index of a table entry, 4 bytes, because the entry itself holds the true
+//! deadline in its state word. That makes the wheel lazy:
+//! - a record is filed at the entry's deadline when the entry is inserted;
+//! - completing or extending an entry changes only its word (under a read lock), not the wheel;
+//! - when a record comes due, the shard re-reads the entry's deadline: if it has passed, the entry
+//!   is reclaimed; if not, the record is filed again at the true deadline. Filing again from a
+//!   higher level into a lower one is the cascade, so each record costs O(levels) in all.
+//!
+//! The shard keeps exactly one record per occupied slot (rebuilding the wheel when the table is
+//! rebuilt), so the wheel holds as many records as the table holds entries.
+
+const LEVELS: usize = 6;
+const SLOT_BITS: u32 = 6;
+const SLOTS: usize = 1 << SLOT_BITS;
+/// Records further out than this are filed in the top level's ring and filed again when due.
+const MAX_SPAN: u64 = 1 << (SLOT_BITS * LEVELS as u32);
+
+/// A lock-free-of-its-own timing wheel; every method takes `&mut self` under the shard lock.
+#[derive(Debug)]
+pub(crate) struct Wheel {
+    /// The tick (ms) up to which slots have been taken.
+    elapsed: u64,
+    /// The earliest tick at which a slot may come due (a lower bound; `u64::MAX` if none).
+    next_at: u64,
+    levels: Box<[Level]>,
+    /// Records whose time has come, waiting for the shard to check them.
+    due: Vec<u32>,
+    records: usize,
+}
+
+#[derive(Debug)]
+struct Level {
+    /// Bit `i` set iff `slots[i]` is not empty.
+    occupied: u64,
+    slots: Box<[Vec<u32>]>,
+}
+
+impl Wheel {
+    pub(crate) fn new(now: u64) -> Self {
+        Self {
+            elapsed: now,
+            next_at: u64::MAX,
+            levels: (0..LEVELS)
+                .map(|_| Level {
+                    occupied: 0,
+                    slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+                })
+                .collect(),
+            due: Vec::new(),
+            records: 0,
+        }
+    }
+
+    /// Records held, due or not.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.records
+    }
+
+    /// Files record `idx` to come due at tick `when`.
+    #[inline]
+    pub(crate) fn insert(&mut self, when: u64, idx: u32) {
+        self.records += 1;
+        if when <= self.elapsed {
+            self.due.push(idx);
+            return;
+        }
+        let level = level_for(self.elapsed, when);
+        let shift = SLOT_BITS * level as u32;
+        let slot = ((when >> shift) as usize) & (SLOTS - 1);
+        let lvl = &mut self.levels[level];
+        lvl.slots[slot].push(idx);
+        lvl.occupied |= 1 << slot;
+        // The slot's start: the earliest tick this record can be handed back.
+        self.next_at = self.next_at.min((when >> shift) << shift);
+    }
+
+    /// Whether `pop` at `now` could return a record: a cheap test for the claim path.
+    #[inline]
+    pub(crate) fn is_due(&self, now: u64) -> bool {
+        !self.due.is_empty() || self.next_at <= now
+    }
+
+    /// Hands back the next record whose slot time is at or before `now`, or `None`. The caller
+    /// either reclaims the entry or files the record again with [`Wheel::insert`].
+    pub(crate) fn pop(&mut self, now: u64) -> Option<u32> {
+        loop {
+            if let Some(idx) = self.due.pop() {
+                self.records -= 1;
+                return Some(idx);
+            }
+            if self.next_at > now {
+                return None;
+            }
+            match self.next_expiration() {
+                Some((level, slot, deadline)) if deadline <= now => {
+                    self.elapsed = deadline;
+                    let lvl = &mut self.levels[level];
+                    lvl.occupied &= !(1 << slot);
+                    // `due` is empty here: swap vectors so both allocations are reused.
+                    std::mem::swap(&mut self.due, &mut lvl.slots[slot]);
+                }
+                Some((_, _, deadline)) => {
+                    self.elapsed = self.elapsed.max(now);
+                    self.next_at = deadline;
+                    return None;
+                }
+                None => {
+                    self.elapsed = self.elapsed.max(now);
+                    self.next_at = u64::MAX;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Drops every record, keeping the clock position; used when the table is rebuilt.
+    pub(crate) fn clear(&mut self) {
+        for lvl in self.levels.iter_mut() {
+            lvl.occupied = 0;
+            for s in lvl.slots.iter_mut() {
+                *s = Vec::new();
+            }
+        }
+        self.due = Vec::new();
+        self.records = 0;
+        self.next_at = u64::MAX;
+    }
+
+    /// Heap bytes held by the wheel's record vectors and slot arrays.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let per_level = SLOTS * std::mem::size_of::<Vec<u32>>();
+        let records: usize = self
+            .levels
+            .iter()
+            .flat_map(|l| l.slots.iter())
+            .map(|s| s.capacity())
+            .sum::<usize>()
+            + self.due.capacity();
+        LEVELS * (per_level + std::mem::size_of::<Level>()) + records * 4
+    }
+
+    /// The earliest occupied slot: (level, slot, start tick). Lower levels are always earlier,
+    /// because level `l` holds only records in the same 64^(l+1)-tick block as `elapsed`.
+    fn next_expiration(&self) -> Option<(usize, usize, u64)> {
+        let now = self.elapsed;
+        for (level, lvl) in self.levels.iter().enumerate() {
+            if lvl.occupied == 0 {
+                continue;
+            }
+            let shift = SLOT_BITS * level as u32;
+            let slot_range = 1u64 << shift;
+            let level_range = slot_range << SLOT_BITS;
+            let now_slot = ((now >> shift) as usize) & (SLOTS - 1);
+            let slot = (lvl.occupied.rotate_right(now_slot as u32).trailing_zeros() as usize
+                + now_slot)
+                % SLOTS;
+            let level_start = now & !(level_range - 1);
+            let mut deadline = level_start + slot as u64 * slot_range;
+            if deadline <= now && level == LEVELS - 1 {
+                // The top level is a ring: a slot "behind" now is one rotation ahead.
+                deadline += level_range;
+            }
+            return Some((level, slot, deadline));
+        }
+        None
+    }
+}
+
+/// The level for a record due at `when`, seen from `elapsed`: the level of the highest bit in
+/// which the two differ (tokio's `level_for`).
+#[inline]
+fn level_for(elapsed: u64, when: u64) -> usize {
+    let mut masked = (elapsed ^ when) | (SLOTS as u64 - 1);
+    if masked >= MAX_SPAN {
+        masked = MAX_SPAN - 1;
+    }
+    let significant = 63 - masked.leading_zeros() as usize;
+    significant / SLOT_BITS as usize
+}
+
+#[cfg(all(test, not(idemstore_loom)))]
+mod tests {
+    use super::*;
+
+    /// Pops everything due at `now`, re-filing records whose true deadline (from `deadlines`)
+    /// is still ahead, as the shard does. Returns the records that fired.
+    fn fire(w: &mut Wheel, now: u64, deadlines: &[u64]) -> Vec<u32> {
+        let mut fired = Vec::new();
+        while let Some(idx) = w.pop(now) {
+            let d = deadlines[idx as usize];
+            if d <= now {
+                fired.push(idx);
+            } else {
+                w.insert(d, idx);
+            }
+        }
+        fired.sort_unstable();
+        fired
+    }
+
+    #[test]
+    fn levels_by_distance() {
+        assert_eq!(level_for(0, 1), 0);
+        assert_eq!(level_for(0, 63), 0);
+        assert_eq!(level_for(0, 64), 1);
+        assert_eq!(level_for(0, 4095), 1);
+        assert_eq!(level_for(0, 4096), 2);
+        assert_eq!(level_for(0, 86_400_000), 4);
+        assert_eq!(level_for(0, MAX_SPAN * 4), LEVELS - 1);
+    }
+
+    #[test]
+    fn fires_exactly_at_the_deadline_on_every_level() {
+        let deadlines = [5, 64, 70, 4_100, 300_000, 86_400_000, 40_000_000_000];
+        let mut w = Wheel::new(0);
+        for (i, &d) in deadlines.iter().enumerate() {
+            w.insert(d, i as u32);
+        }
+        assert_eq!(w.len(), deadlines.len());
+        for (i, &d) in deadlines.iter().enumerate() {
+            assert!(fire(&mut w, d - 1, &deadlines).is_empty(), "early at {}", d - 1);
+            assert_eq!(fire(&mut w, d, &deadlines), vec![i as u32]);
+        }
+        assert_eq!(w.len(), 0);
+        assert!(!w.is_due(u64::MAX - 1));
+    }
+
+    #[test]
+    fn cascades_when_time_jumps() {
+        let mut deadlines = vec![];
+        let mut w = Wheel::new(1_000);
+        for i in 0..1_000u32 {
+            let d = 1_000 + u64::from(i) * 97 + 1;
+            deadlines.push(d);
+            w.insert(d, i);
+        }
+        // Jump half way: exactly the records due by then fire.
+        let mid = 1_000 + 500 * 97;
+        let fired = fire(&mut w, mid, &deadlines);
+        assert_eq!(fired, (0..500).collect::<Vec<_>>());
+        let fired = fire(&mut w, u64::MAX / 2, &deadlines);
+        assert_eq!(fired, (500..1_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn lazy_records_follow_a_moved_deadline() {
+        // Filed at a lease deadline of 30 s; the entry completed with a 24 h window meanwhile.
+        let mut deadlines = vec![30_000];
+        let mut w = Wheel::new(0);
+        w.insert(30_000, 0);
+        deadlines[0] = 86_400_000;
+        assert!(fire(&mut w, 30_000, &deadlines).is_empty());
+        assert_eq!(w.len(), 1, "the record was filed again");
+        assert!(fire(&mut w, 86_399_999, &deadlines).is_empty());
+        assert_eq!(fire(&mut w, 86_400_000, &deadlines), vec![0]);
+    }
+
+    #[test]
+    fn past_deadlines_are_due_at_once_and_clear_empties() {
+        let mut w = Wheel::new(100);
+        w.insert(50, 1);
+        assert!(w.is_due(100));
+        assert_eq!(w.pop(100), Some(1));
+        w.insert(500, 2);
+        w.clear();
+        assert_eq!(w.len(), 0);
+        assert_eq!(w.pop(u64::MAX), None);
+    }
+
+    #[test]
+    fn idle_wheel_skips_ahead_cheaply() {
+        let mut w = Wheel::new(0);
+        w.insert(10, 0);
+        assert_eq!(w.pop(1_000_000_000), Some(0));
+        assert_eq!(w.pop(1_000_000_000), None);
+        // New records are filed relative to the new position.
+        w.insert(1_000_000_005, 1);
+        assert_eq!(w.pop(1_000_000_004), None);
+        assert_eq!(w.pop(1_000_000_005), Some(1));
+    }
+}
