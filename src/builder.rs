@@ -216,7 +216,10 @@ impl<V> Builder<V> {
         let base = self.max_entries / shards;
         let extra = self.max_entries % shards;
         let cells = (0..shards)
-            .map(|i| CachePadded::new(ShardCell::new(base + usize::from(i < extra), now)))
+            .map(|i| {
+                let bound = base + usize::from(i < extra);
+                CachePadded::new(ShardCell::new(bound, ttl_nanos.div_ceil(1_000_000), now))
+            })
             .collect();
         let inner = Arc::new(Inner {
             shards: cells,

@@ -62,8 +62,12 @@
 //! O(1) per entry whatever the ttl. Each claim reclaims at most 8 due entries of its shard, so
 //! expiry never stalls a claim; [`Store::run_maintenance`] (or a background thread set with
 //! [`Builder::maintenance_interval`]) reclaims the rest, including on shards nobody touches.
-//! A completed entry's memory is reclaimed at the later of its deadline and the end of the lease
-//! it completed under (the wheel record is filed at the lease deadline and refiled lazily).
+//! An entry's one wheel record is filed at the soonest deadline the entry can reach (for an
+//! in-flight entry, the earlier of its lease deadline and now + ttl) and refiled lazily when it
+//! comes due early, so memory is reclaimed within one maintenance pass (or the next claims on the
+//! shard) after the deadline. Two exceptions reclaim later, by at most the lease: an entry whose
+//! lease was shortened with [`Guard::extend`], and a released entry reused by a new claim; a
+//! full shard sweeps them before it refuses a key, so they never cost a refusal.
 //!
 //! # Keys
 //! Keys are bytes, optionally inside a scope ([`ClaimOptions::scope`]); scope and key are

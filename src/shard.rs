@@ -47,6 +47,9 @@ pub(crate) struct Shard<V> {
     next_token: u64,
     /// The most entries this shard may hold.
     pub(crate) bound: usize,
+    /// The store's ttl in ms (rounded up): the soonest an in-flight entry's deadline can
+    /// become if it completes now, which is where its wheel record must be.
+    ttl: u64,
     pub(crate) counts: Counts,
 }
 
@@ -74,13 +77,14 @@ pub(crate) enum Outcome<V> {
 }
 
 impl<V> ShardCell<V> {
-    pub(crate) fn new(bound: usize, now: u64) -> Self {
+    pub(crate) fn new(bound: usize, ttl: u64, now: u64) -> Self {
         Self {
             lock: RwLock::new(Shard {
                 table: Table::with_capacity(MIN_CAPACITY),
                 wheel: Wheel::new(now),
                 next_token: 1,
                 bound,
+                ttl,
                 counts: Counts::default(),
             }),
             completions: AtomicU64::new(0),
@@ -121,7 +125,9 @@ impl<V> Shard<V> {
         lease_deadline: u64,
     ) -> Outcome<V> {
         let pos = match self.table.probe(h) {
-            Probe::Found(i) => return self.claim_existing(cell, i, fingerprint, now, lease_deadline),
+            Probe::Found(i) => {
+                return self.claim_existing(cell, i, fingerprint, now, lease_deadline)
+            }
             Probe::Absent(pos) => pos,
         };
         let pos = if self.table.occupied() >= self.bound || self.table.needs_rebuild() {
@@ -138,12 +144,24 @@ impl<V> Shard<V> {
         let token = self.take_token();
         let word = Word::new(Phase::InFlight, token, lease_deadline);
         self.table.insert_at(pos, h, word, fingerprint);
-        self.wheel.insert(word.deadline(), pos as u32);
+        self.wheel.insert(self.record_time(word, now), pos as u32);
         self.counts.acquired += 1;
         Outcome::Acquired {
             token,
             word,
             takeover: false,
+        }
+    }
+
+    /// When the wheel should look at an entry with word `w` next. A completed entry: at its
+    /// deadline. An in-flight one: at its lease deadline, or sooner if completing it now would
+    /// end its window sooner (ttl shorter than the lease), so a completion, which changes only
+    /// the word, never leaves the record behind its deadline.
+    #[inline]
+    fn record_time(&self, w: Word, now: u64) -> u64 {
+        match w.phase() {
+            Phase::InFlight => w.deadline().min(now + self.ttl),
+            _ => w.deadline(),
         }
     }
 
@@ -191,6 +209,11 @@ impl<V> Shard<V> {
             Phase::Vacant => {
                 cell.vacant.fetch_sub(1, Ordering::Relaxed);
                 self.counts.acquired += 1;
+                if w.deadline() > now + self.ttl {
+                    // The record is filed at the released lease's deadline, later than this
+                    // life may end: let a capacity check sweep if it comes to that.
+                    cell.shortened.store(true, Ordering::Relaxed);
+                }
                 false
             }
             Phase::InFlight => {
@@ -273,7 +296,8 @@ impl<V> Shard<V> {
         self.wheel.clear();
         for i in 0..self.table.capacity() {
             if self.table.is_occupied(i) {
-                self.wheel.insert(self.table.word(i).deadline(), i as u32);
+                let at = self.record_time(self.table.word(i), now);
+                self.wheel.insert(at, i as u32);
             }
         }
         // The write lock excludes every guard, so these reset exactly.
@@ -306,7 +330,7 @@ impl<V> Shard<V> {
                     }
                 }
                 _ => {
-                    self.wheel.insert(w.deadline(), idx);
+                    self.wheel.insert(self.record_time(w, now), idx);
                     continue;
                 }
             }

@@ -250,7 +250,8 @@ impl<V> Replay<'_, V> {
 
     /// Time left in the key's dedup window, measured from the claim.
     pub fn expires_in(&self) -> Duration {
-        Duration::from_millis(self.expires_at_ms).saturating_sub(Duration::from_nanos(self.now_nanos))
+        Duration::from_millis(self.expires_at_ms)
+            .saturating_sub(Duration::from_nanos(self.now_nanos))
     }
 }
 

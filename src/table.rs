@@ -283,7 +283,9 @@ impl<V> Table<V> {
             // SAFETY: by this function's contract we are the only writer of this cell (one CAS
             // winner per installed word), and readers need the write lock, which our read lock
             // excludes. The old value was cleared when the slot was (re)acquired.
-            let old = cell.0.with_mut(|p| unsafe { std::ptr::replace(p, Some(value)) });
+            let old = cell
+                .0
+                .with_mut(|p| unsafe { std::ptr::replace(p, Some(value)) });
             drop(old);
         }
     }

@@ -73,7 +73,14 @@ impl Wheel {
         let shift = SLOT_BITS * level as u32;
         let slot = ((when >> shift) as usize) & (SLOTS - 1);
         let lvl = &mut self.levels[level];
-        lvl.slots[slot].push(idx);
+        let records = &mut lvl.slots[slot];
+        if records.len() == records.capacity() {
+            // Grow by a quarter, not double: a slot can hold millions of records, and the
+            // slack is memory every live entry pays for. (Large reallocations are remapped,
+            // not copied, by the system allocator.)
+            records.reserve_exact((records.capacity() / 4).max(16));
+        }
+        records.push(idx);
         lvl.occupied |= 1 << slot;
         // The slot's start: the earliest tick this record can be handed back.
         self.next_at = self.next_at.min((when >> shift) << shift);
@@ -101,8 +108,9 @@ impl Wheel {
                     self.elapsed = deadline;
                     let lvl = &mut self.levels[level];
                     lvl.occupied &= !(1 << slot);
-                    // `due` is empty here: swap vectors so both allocations are reused.
-                    std::mem::swap(&mut self.due, &mut lvl.slots[slot]);
+                    // `due` is empty here. Take the slot's vector whole and leave the slot
+                    // with none: an emptied slot must not keep a large buffer alive.
+                    self.due = std::mem::take(&mut lvl.slots[slot]);
                 }
                 Some((_, _, deadline)) => {
                     self.elapsed = self.elapsed.max(now);
@@ -223,7 +231,11 @@ mod tests {
         }
         assert_eq!(w.len(), deadlines.len());
         for (i, &d) in deadlines.iter().enumerate() {
-            assert!(fire(&mut w, d - 1, &deadlines).is_empty(), "early at {}", d - 1);
+            assert!(
+                fire(&mut w, d - 1, &deadlines).is_empty(),
+                "early at {}",
+                d - 1
+            );
             assert_eq!(fire(&mut w, d, &deadlines), vec![i as u32]);
         }
         assert_eq!(w.len(), 0);

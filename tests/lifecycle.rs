@@ -1,0 +1,165 @@
+use std::time::Duration;
+
+use idemstore::{Claim, ClaimOptions, Clock, Error, Store};
+
+#[test]
+fn lifecycle_end_to_end() {
+    let (clock, hand) = Clock::manual();
+    let store: Store<String> = Store::builder()
+        .ttl(Duration::from_secs(60))
+        .lease(Duration::from_secs(5))
+        .clock(clock)
+        .seed(1)
+        .build()
+        .unwrap();
+    let Claim::Acquired(g) = store.claim("a").unwrap() else {
+        panic!("first claim must acquire")
+    };
+    let t1 = g.token();
+    assert!(store.claim("a").unwrap().is_in_progress());
+    g.complete("done".into()).unwrap();
+    match store.claim("a").unwrap() {
+        Claim::Completed(r) => {
+            assert_eq!(r.value(), "done");
+            assert_eq!(r.expires_in(), Duration::from_secs(60));
+        }
+        other => panic!("{other:?}"),
+    }
+    hand.advance(Duration::from_secs(60));
+    let Claim::Acquired(g) = store.claim("a").unwrap() else {
+        panic!("expired key must be claimable")
+    };
+    assert!(g.token() > t1);
+    assert!(!g.is_takeover());
+    drop(g);
+    let Claim::Acquired(g) = store.claim("a").unwrap() else {
+        panic!("dropped guard releases")
+    };
+    hand.advance(Duration::from_secs(5));
+    let Claim::Acquired(g2) = store.claim("a").unwrap() else {
+        panic!("lease ran out: takeover")
+    };
+    assert!(g2.is_takeover());
+    assert_eq!(g.complete("stale".into()), Err(Error::LeaseLost));
+    g2.complete("fresh".into()).unwrap();
+    let Claim::Completed(r) = store.claim("a").unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.value(), "fresh");
+    let opts = ClaimOptions::new().fingerprint("x");
+    let held = store.claim_with("b", &opts).unwrap();
+    assert!(held.is_acquired());
+    let other = ClaimOptions::new().fingerprint("y");
+    assert!(store.claim_with("b", &other).unwrap().is_mismatch());
+    drop(held);
+    let s = store.stats();
+    assert_eq!(s.takeovers, 1);
+    assert_eq!(s.mismatched, 1);
+}
+
+#[test]
+fn dedup_only_many_keys() {
+    let store: Store = Store::builder().shards(4).seed(3).build().unwrap();
+    for i in 0..100_000u32 {
+        let Claim::Acquired(g) = store.claim(i.to_le_bytes()).unwrap() else {
+            panic!()
+        };
+        g.complete(()).unwrap();
+    }
+    assert_eq!(store.len(), 100_000);
+    for i in 0..100_000u32 {
+        assert!(store.claim(i.to_le_bytes()).unwrap().is_completed());
+    }
+    let s = store.stats();
+    eprintln!(
+        "{s:?} bytes/entry {}",
+        s.memory_bytes as f64 / s.entries as f64
+    );
+}
+
+#[test]
+fn maintenance_reclaims_idle_shards() {
+    let (clock, hand) = Clock::manual();
+    let store: Store = Store::builder()
+        .ttl(Duration::from_secs(10))
+        .shards(8)
+        .clock(clock)
+        .build()
+        .unwrap();
+    for i in 0..1_000u32 {
+        let Claim::Acquired(g) = store.claim(i.to_le_bytes()).unwrap() else {
+            panic!()
+        };
+        g.complete(()).unwrap();
+    }
+    assert_eq!(store.len(), 1_000);
+    hand.advance(Duration::from_millis(9_999));
+    assert_eq!(
+        store.run_maintenance(),
+        0,
+        "nothing is due before the deadline"
+    );
+    hand.advance(Duration::from_millis(1));
+    // No claim touches any shard: only maintenance reclaims the memory.
+    assert_eq!(store.run_maintenance(), 1_000);
+    assert_eq!(store.len(), 0);
+    let s = store.stats();
+    assert_eq!(s.ttl_expiries, 1_000);
+    assert_eq!(s.entries, 0);
+}
+
+#[test]
+fn background_thread_reclaims_without_calls() {
+    let (clock, hand) = Clock::manual();
+    let store: Store = Store::builder()
+        .ttl(Duration::from_secs(1))
+        .shards(4)
+        .clock(clock)
+        .maintenance_interval(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    for i in 0..100u32 {
+        if let Claim::Acquired(g) = store.claim(i.to_le_bytes()).unwrap() {
+            g.complete(()).unwrap();
+        }
+    }
+    hand.advance(Duration::from_secs(1));
+    // Bounded wait for the background thread: it runs every millisecond.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !store.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(store.is_empty(), "the maintenance thread reclaimed nothing");
+}
+
+#[test]
+fn released_entries_are_reused_and_reclaimed() {
+    let (clock, hand) = Clock::manual();
+    let store: Store = Store::builder()
+        .lease(Duration::from_secs(5))
+        .shards(1)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let Claim::Acquired(g) = store.claim("k").unwrap() else {
+        panic!()
+    };
+    let first = g.token();
+    g.release().unwrap();
+    let Claim::Acquired(g) = store.claim("k").unwrap() else {
+        panic!("a released key is claimable at once")
+    };
+    assert!(g.token() > first);
+    g.release().unwrap();
+    assert_eq!(store.len(), 1, "released entries wait for reclaim");
+    hand.advance(Duration::from_secs(5));
+    assert_eq!(store.run_maintenance(), 1);
+    assert!(store.is_empty());
+    let Claim::Acquired(g) = store.claim("k").unwrap() else {
+        panic!()
+    };
+    assert!(
+        g.token() > first + 1,
+        "tokens keep increasing across a key's lives"
+    );
+}
