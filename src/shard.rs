@@ -209,7 +209,7 @@ impl<V> Shard<V> {
             Phase::Vacant => {
                 cell.vacant.fetch_sub(1, Ordering::Relaxed);
                 self.counts.acquired += 1;
-                if w.deadline() > now + self.ttl {
+                if w.deadline() > lease_deadline.min(now + self.ttl) {
                     // The record is filed at the released lease's deadline, later than this
                     // life may end: let a capacity check sweep if it comes to that.
                     cell.shortened.store(true, Ordering::Relaxed);

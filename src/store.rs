@@ -423,9 +423,9 @@ impl<V> Store<V> {
         })
     }
 
-    /// Entries held: in flight, completed, or released and expired entries not yet reclaimed.
-    /// After [`Store::run_maintenance`], every held entry except released ones awaiting their
-    /// lease deadline is live.
+    /// Entries held: in flight, completed, and released or expired entries whose memory is not
+    /// reclaimed yet (see "Time" in the crate docs for when that happens). A full shard reclaims
+    /// every dead entry before it refuses a key, so dead entries never cost a refusal.
     pub fn len(&self) -> usize {
         self.inner
             .shards
