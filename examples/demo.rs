@@ -89,8 +89,14 @@ fn payments() -> Result<(), Error> {
         }
     });
     let elapsed = started.elapsed();
-    let charged = charges.iter().filter(|c| c.load(Ordering::Relaxed) > 0).count();
-    let twice = charges.iter().filter(|c| c.load(Ordering::Relaxed) > 1).count();
+    let charged = charges
+        .iter()
+        .filter(|c| c.load(Ordering::Relaxed) > 0)
+        .count();
+    let twice = charges
+        .iter()
+        .filter(|c| c.load(Ordering::Relaxed) > 1)
+        .count();
     let o: Vec<u64> = outcomes.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     println!(
         "{} requests in {elapsed:.2?}: {} charged, {} replayed, {} in progress, {} mismatched, {} failed and released",
@@ -123,7 +129,10 @@ fn fencing() -> Result<(), Error> {
     };
     println!("owner A acquired invoice-42 with token {}", slow.token());
     if let Claim::InProgress(p) = store.claim("invoice-42")? {
-        println!("a duplicate sees it in progress: retry after {:?}", p.retry_after());
+        println!(
+            "a duplicate sees it in progress: retry after {:?}",
+            p.retry_after()
+        );
     }
     hand.advance(Duration::from_secs(11));
     println!("11 s pass: A's lease has run out");
