@@ -266,22 +266,18 @@ impl<V> Shard<V> {
         }
     }
 
-    /// Rebuilds the table without its dead entries, sized for the survivors at a load of
-    /// about 0.65 (so it grows ~1.4x when full of live keys, and shrinks after a mass expiry),
-    /// and refiles one wheel record per survivor.
+    /// Rebuilds the table without its dead entries, sized at a load of about 0.65 for the
+    /// entries held less the released ones (so it grows ~1.4x when full of live keys), and
+    /// points the wheel's records at the entries' new slots.
     #[cold]
     pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64) {
-        let mut survivors = 0usize;
-        for i in 0..self.table.capacity() {
-            if self.table.is_occupied(i) && self.table.word(i).is_live(now) {
-                survivors += 1;
-            }
-        }
+        let held = self.table.occupied();
+        let survivors = held.saturating_sub(cell.vacant.load(Ordering::Relaxed));
         let wanted = ((survivors + 1) * 100).div_ceil(65);
         let most = ((self.bound + 1) * 10).div_ceil(9) + crate::table::GROUP;
         let capacity = wanted.min(most).max(MIN_CAPACITY);
         let counts = &mut self.counts;
-        let next = self.table.rebuild(capacity, |w| {
+        let (next, moved) = self.table.rebuild(capacity, |w| {
             if w.is_live(now) {
                 return true;
             }
@@ -293,12 +289,17 @@ impl<V> Shard<V> {
             false
         });
         self.table = next;
-        self.wheel.clear();
-        for i in 0..self.table.capacity() {
-            if self.table.is_occupied(i) {
-                let at = self.record_time(self.table.word(i), now);
-                self.wheel.insert(at, i as u32);
+        if cell.shortened.load(Ordering::Relaxed) {
+            // Some record sits later than its entry's deadline: file every record afresh.
+            self.wheel.clear();
+            for i in 0..self.table.capacity() {
+                if self.table.is_occupied(i) {
+                    let at = self.record_time(self.table.word(i), now);
+                    self.wheel.insert(at, i as u32);
+                }
             }
+        } else {
+            self.wheel.remap(&moved);
         }
         // The write lock excludes every guard, so these reset exactly.
         cell.vacant.store(0, Ordering::Relaxed);

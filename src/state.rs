@@ -105,6 +105,7 @@ impl Word {
 pub(crate) struct StateWord(AtomicU64);
 
 impl StateWord {
+    #[cfg(any(test, idemstore_loom))]
     pub(crate) fn new(word: Word) -> Self {
         Self(AtomicU64::new(word.0))
     }

@@ -126,7 +126,7 @@ impl Wheel {
         }
     }
 
-    /// Drops every record, keeping the clock position; used when the table is rebuilt.
+    /// Drops every record, keeping the clock position, for a rebuild that files them afresh.
     pub(crate) fn clear(&mut self) {
         for lvl in self.levels.iter_mut() {
             lvl.occupied = 0;
@@ -137,6 +137,32 @@ impl Wheel {
         self.due = Vec::new();
         self.records = 0;
         self.next_at = u64::MAX;
+    }
+
+    /// Points every record at its entry's new slot after a table rebuild (`moved[old]`), and
+    /// drops the records of entries the rebuild dropped (`moved[old] == u32::MAX`). Each record
+    /// keeps its time, so this costs one pass over the records, with no refiling.
+    pub(crate) fn remap(&mut self, moved: &[u32]) {
+        let follow = |r: &mut u32| match moved.get(*r as usize) {
+            Some(&to) if to != u32::MAX => {
+                *r = to;
+                true
+            }
+            _ => false,
+        };
+        let mut records = 0;
+        for lvl in self.levels.iter_mut() {
+            for (slot, list) in lvl.slots.iter_mut().enumerate() {
+                list.retain_mut(follow);
+                if list.is_empty() {
+                    lvl.occupied &= !(1 << slot);
+                    *list = Vec::new();
+                }
+                records += list.len();
+            }
+        }
+        self.due.retain_mut(follow);
+        self.records = records + self.due.len();
     }
 
     /// Heap bytes held by the wheel's record vectors and slot arrays.
@@ -273,15 +299,33 @@ mod tests {
     }
 
     #[test]
-    fn past_deadlines_are_due_at_once_and_clear_empties() {
+    fn past_deadlines_are_due_at_once() {
         let mut w = Wheel::new(100);
         w.insert(50, 1);
         assert!(w.is_due(100));
         assert_eq!(w.pop(100), Some(1));
-        w.insert(500, 2);
+        assert_eq!(w.pop(100), None);
+    }
+
+    #[test]
+    fn remap_follows_moved_entries_and_drops_the_rest() {
+        let mut w = Wheel::new(0);
+        w.insert(10, 0);
+        w.insert(5_000, 1);
+        w.insert(90_000, 2);
+        // Entry 0 moved to slot 7, entry 1 was dropped, entry 2 moved to slot 3.
+        w.remap(&[7, u32::MAX, 3]);
+        assert_eq!(w.len(), 2);
+        let mut deadlines = vec![0; 8];
+        deadlines[7] = 10;
+        deadlines[3] = 90_000;
+        assert_eq!(fire(&mut w, 10, &deadlines), vec![7]);
+        assert!(fire(&mut w, 89_999, &deadlines).is_empty());
+        assert_eq!(fire(&mut w, 90_000, &deadlines), vec![3]);
+        w.insert(95_000, 1);
         w.clear();
         assert_eq!(w.len(), 0);
-        assert_eq!(w.pop(u64::MAX), None);
+        assert_eq!(w.pop(u64::MAX - 1), None);
     }
 
     #[test]
