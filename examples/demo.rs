@@ -58,7 +58,7 @@ fn payments() -> Result<(), Error> {
                     let opts = ClaimOptions::new().scope("tenant-1").fingerprint(&body);
                     match store.claim_with(&key, &opts) {
                         Ok(Claim::Acquired(guard)) => {
-                            if rng.next() % 20 == 0 {
+                            if rng.next().is_multiple_of(20) {
                                 // The charge failed before it happened: dropping the guard
                                 // releases the key so a retry runs the work again.
                                 drop(guard);

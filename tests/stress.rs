@@ -427,7 +427,7 @@ fn a_full_store_under_churn_stays_bounded_and_never_evicts_an_owner() {
                 hand.advance(Duration::from_millis(1));
                 ticks += 1;
                 assert!(store.len() <= MAX, "the store holds more than max_entries");
-                if ticks % 16 == 0 {
+                if ticks.is_multiple_of(16) {
                     store.run_maintenance();
                 }
                 thread::yield_now();
