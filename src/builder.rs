@@ -56,6 +56,7 @@ pub struct Builder<V = ()> {
     clock: Option<Clock>,
     max_key_len: usize,
     maintenance: Option<Duration>,
+    initial_capacity: usize,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -70,6 +71,7 @@ impl<V> std::fmt::Debug for Builder<V> {
             .field("clock", &self.clock)
             .field("max_key_len", &self.max_key_len)
             .field("maintenance", &self.maintenance)
+            .field("initial_capacity", &self.initial_capacity)
             .finish()
     }
 }
@@ -92,6 +94,7 @@ impl<V> Builder<V> {
             clock: None,
             max_key_len: DEFAULT_MAX_KEY_LEN,
             maintenance: None,
+            initial_capacity: 0,
             _value: PhantomData,
         }
     }
@@ -141,6 +144,16 @@ impl<V> Builder<V> {
     /// The longest key accepted, in bytes (at least 1).
     pub fn max_key_len(mut self, max_key_len: usize) -> Self {
         self.max_key_len = max_key_len;
+        self
+    }
+
+    /// Sizes the tables up front for about this many entries (capped at `max_entries`), so a
+    /// store that will hold them skips the table rebuilds of growing there: each rebuild moves
+    /// a shard's entries and holds its lock while it does. Memory for the capacity is reserved
+    /// from the start (about 29 bytes per entry for a dedup-only store). Default 0: grow on
+    /// demand.
+    pub fn initial_capacity(mut self, entries: usize) -> Self {
+        self.initial_capacity = entries;
         self
     }
 
@@ -214,11 +227,15 @@ impl<V> Builder<V> {
         let clock = self.clock.unwrap_or_default();
         let now = floor_ms(clock.now_nanos());
         let base = self.max_entries / shards;
+        // Room for the expected entries at a load of 0.85, under the 0.9 that triggers a rebuild.
+        let per_shard_capacity =
+            (self.initial_capacity.min(self.max_entries) / shards + 1) * 20 / 17;
         let extra = self.max_entries % shards;
         let cells = (0..shards)
             .map(|i| {
                 let bound = base + usize::from(i < extra);
-                CachePadded::new(ShardCell::new(bound, ttl_nanos.div_ceil(1_000_000), now))
+                let ttl = ttl_nanos.div_ceil(1_000_000);
+                CachePadded::new(ShardCell::new(bound, ttl, per_shard_capacity, now))
             })
             .collect();
         let inner = Arc::new(Inner {

@@ -77,10 +77,10 @@ pub(crate) enum Outcome<V> {
 }
 
 impl<V> ShardCell<V> {
-    pub(crate) fn new(bound: usize, ttl: u64, now: u64) -> Self {
+    pub(crate) fn new(bound: usize, ttl: u64, capacity: usize, now: u64) -> Self {
         Self {
             lock: RwLock::new(Shard {
-                table: Table::with_capacity(MIN_CAPACITY),
+                table: Table::with_capacity(capacity.max(MIN_CAPACITY)),
                 wheel: Wheel::new(now),
                 next_token: 1,
                 bound,

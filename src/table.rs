@@ -43,20 +43,26 @@ fn match_byte(group: u64, byte: u8) -> u64 {
 /// Asks the CPU to start loading the cache lines of a group of slots (192 bytes, touching at
 /// most four lines). A hint only: it changes nothing and cannot fault.
 #[inline(always)]
-fn prefetch_group(slots: &[Slot]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let start = slots.as_ptr().cast::<i8>();
-        let bytes = GROUP * std::mem::size_of::<Slot>();
-        for offset in [0, 64, 128, bytes - 1] {
-            // SAFETY: `prefetch` is a hint that never dereferences in a way that can fault or
-            // be observed, whatever the address; SSE is part of the x86_64 baseline.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
-        }
+fn prefetch_group(slots: *const Slot) {
+    let start = slots.cast::<i8>();
+    let bytes = GROUP * std::mem::size_of::<Slot>();
+    for offset in [0, 64, 128, bytes - 1] {
+        prefetch(start.wrapping_add(offset));
     }
+}
+
+/// Asks the CPU to start loading the cache line at `at`. A hint only: it reads nothing a
+/// program can observe, and cannot fault, whatever the address (even a freed one).
+#[inline(always)]
+fn prefetch(at: *const i8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` never faults and has no architectural effect, for any address;
+    // SSE is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at)
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = slots;
+    let _ = at;
 }
 
 /// One entry: the key's 128-bit hash and its state word. 24 bytes.
@@ -208,7 +214,7 @@ impl<V> Table<V> {
         // The tags say which slot to read, but waiting for them before touching the slots makes
         // two cache misses in a row. Most keys sit in their home group, so fetch its slots now,
         // in parallel with the tag load.
-        prefetch_group(&self.slots[g * GROUP..]);
+        prefetch_group(self.slots[g * GROUP..].as_ptr());
         let mut free = None;
         for _ in 0..self.groups {
             let tags = self.group_tags(g);

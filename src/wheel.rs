@@ -30,7 +30,16 @@ pub(crate) struct Wheel {
     /// Records whose time has come, waiting for the shard to check them.
     due: Vec<u32>,
     records: usize,
+    /// New records, filed into their slots in batches. Filing one means following three
+    /// pointers (level, slot vector, its tail) that the table's random traffic keeps pushing out
+    /// of cache and out of the TLB; a claim only appends here, to memory inside the shard.
+    staged_when: [u64; STAGE],
+    staged_idx: [u32; STAGE],
+    staged: usize,
 }
+
+/// Records staged before they are filed in a batch.
+const STAGE: usize = 32;
 
 #[derive(Debug)]
 struct Level {
@@ -52,6 +61,9 @@ impl Wheel {
                 .collect(),
             due: Vec::new(),
             records: 0,
+            staged_when: [0; STAGE],
+            staged_idx: [0; STAGE],
+            staged: 0,
         }
     }
 
@@ -65,6 +77,25 @@ impl Wheel {
     #[inline]
     pub(crate) fn insert(&mut self, when: u64, idx: u32) {
         self.records += 1;
+        if self.staged == STAGE {
+            self.file_staged();
+        }
+        self.staged_when[self.staged] = when;
+        self.staged_idx[self.staged] = idx;
+        self.staged += 1;
+        // A record is never due before its own time, which is at or after its slot's start.
+        self.next_at = self.next_at.min(when);
+    }
+
+    /// Files every staged record into its slot.
+    #[cold]
+    fn file_staged(&mut self) {
+        for k in 0..std::mem::take(&mut self.staged) {
+            self.file(self.staged_when[k], self.staged_idx[k]);
+        }
+    }
+
+    fn file(&mut self, when: u64, idx: u32) {
         if when <= self.elapsed {
             self.due.push(idx);
             return;
@@ -82,8 +113,6 @@ impl Wheel {
         }
         records.push(idx);
         lvl.occupied |= 1 << slot;
-        // The slot's start: the earliest tick this record can be handed back.
-        self.next_at = self.next_at.min((when >> shift) << shift);
     }
 
     /// Whether `pop` at `now` could return a record: a cheap test for the claim path.
@@ -95,6 +124,9 @@ impl Wheel {
     /// Hands back the next record whose slot time is at or before `now`, or `None`. The caller
     /// either reclaims the entry or files the record again with [`Wheel::insert`].
     pub(crate) fn pop(&mut self, now: u64) -> Option<u32> {
+        if self.staged > 0 {
+            self.file_staged();
+        }
         loop {
             if let Some(idx) = self.due.pop() {
                 self.records -= 1;
@@ -136,6 +168,7 @@ impl Wheel {
         }
         self.due = Vec::new();
         self.records = 0;
+        self.staged = 0;
         self.next_at = u64::MAX;
     }
 
@@ -162,7 +195,17 @@ impl Wheel {
             }
         }
         self.due.retain_mut(follow);
-        self.records = records + self.due.len();
+        let mut kept = 0;
+        for k in 0..self.staged {
+            let mut idx = self.staged_idx[k];
+            if follow(&mut idx) {
+                self.staged_when[kept] = self.staged_when[k];
+                self.staged_idx[kept] = idx;
+                kept += 1;
+            }
+        }
+        self.staged = kept;
+        self.records = records + self.due.len() + kept;
     }
 
     /// Heap bytes held by the wheel's record vectors and slot arrays.
