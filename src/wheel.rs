@@ -233,8 +233,16 @@ impl Wheel {
             let slot_range = 1u64 << shift;
             let level_range = slot_range << SLOT_BITS;
             let now_slot = ((now >> shift) as usize) & (SLOTS - 1);
-            let slot = (lvl.occupied.rotate_right(now_slot as u32).trailing_zeros() as usize
-                + now_slot)
+            // On the top level, a record in `now_slot` itself belongs to a later rotation (one
+            // due in this rotation's current slot would share the top bits with `elapsed` and
+            // sit on a lower level), so the search starts one slot on; every slot up to and
+            // including `now_slot` is then one rotation ahead.
+            let from = if level == LEVELS - 1 {
+                (now_slot + 1) % SLOTS
+            } else {
+                now_slot
+            };
+            let slot = (lvl.occupied.rotate_right(from as u32).trailing_zeros() as usize + from)
                 % SLOTS;
             let level_start = now & !(level_range - 1);
             let mut deadline = level_start + slot as u64 * slot_range;
@@ -369,6 +377,23 @@ mod tests {
         w.clear();
         assert_eq!(w.len(), 0);
         assert_eq!(w.pop(u64::MAX - 1), None);
+    }
+
+    #[test]
+    fn top_level_ring_never_hides_a_due_record() {
+        // Found by the fuzzer: record 0 due at MAX_SPAN (10 years, past the ring's 2.2-year
+        // span) and record 1, filed later, due 10 years after that, which lands in the ring
+        // slot that is current when record 0 comes due. Record 0 must fire on time.
+        let ten_years = 315_360_000_000u64;
+        let mut deadlines = vec![ten_years, 2 * ten_years];
+        let mut w = Wheel::new(0);
+        w.insert(deadlines[0], 0);
+        assert!(fire(&mut w, ten_years - 1, &deadlines).is_empty());
+        w.insert(deadlines[1], 1);
+        assert_eq!(fire(&mut w, ten_years, &deadlines), vec![0]);
+        deadlines[0] = u64::MAX;
+        assert!(fire(&mut w, 2 * ten_years - 1, &deadlines).is_empty());
+        assert_eq!(fire(&mut w, 2 * ten_years, &deadlines), vec![1]);
     }
 
     #[test]
