@@ -242,8 +242,8 @@ impl Wheel {
             } else {
                 now_slot
             };
-            let slot = (lvl.occupied.rotate_right(from as u32).trailing_zeros() as usize + from)
-                % SLOTS;
+            let slot =
+                (lvl.occupied.rotate_right(from as u32).trailing_zeros() as usize + from) % SLOTS;
             let level_start = now & !(level_range - 1);
             let mut deadline = level_start + slot as u64 * slot_range;
             if deadline <= now && level == LEVELS - 1 {
