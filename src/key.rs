@@ -18,9 +18,9 @@ pub(crate) const FIRST_TAG: u8 = 2;
 /// Longest scope + key hashed from a stack buffer; longer input streams through the hasher.
 const STACK_INPUT: usize = 512;
 
-/// Domain separator for ids claimed directly: no real scope length can equal it, because
-/// scopes are limited to `u32::MAX - 1` bytes by the length prefix's width.
-const ID_DOMAIN: u32 = u32::MAX;
+/// Mixed into the seed for ids claimed directly, so they are hashed by another function than
+/// `(scope, key)` pairs.
+const ID_DOMAIN: u64 = 0x6964_2d64_6f6d_6169;
 
 /// The 128-bit identity of a key within one store (one seed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -84,13 +84,11 @@ pub(crate) fn hash_key(seed: u64, scope: &[u8], key: &[u8]) -> KeyHash {
     }
 }
 
-/// Hashes a caller's own 128-bit id, in a domain no `(scope, key)` pair can reach.
+/// Hashes a caller's own 128-bit id. Ids get a hash function of their own (the seed mixed with
+/// a domain constant), so an id and a `(scope, key)` pair meet only by a 128-bit collision.
 #[inline]
 pub(crate) fn hash_id(seed: u64, id: u128) -> KeyHash {
-    let mut buf = [0u8; 20];
-    buf[..4].copy_from_slice(&ID_DOMAIN.to_le_bytes());
-    buf[4..].copy_from_slice(&id.to_le_bytes());
-    KeyHash::from_u128(xxh3_128_with_seed(&buf, seed))
+    KeyHash::from_u128(xxh3_128_with_seed(&id.to_le_bytes(), seed ^ ID_DOMAIN))
 }
 
 /// Hashes a payload fingerprint to the 64 bits the store keeps; never 0, which means "none".
