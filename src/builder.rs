@@ -114,15 +114,18 @@ impl<V> Builder<V> {
     }
 
     /// The most entries the store holds. Exact with one shard; with `S` shards each shard
-    /// holds at most `max_entries / S` (the remainder spread over the first shards), so the
-    /// bound is never exceeded, but a claim can be refused while other shards still have room.
+    /// holds at most `b = max_entries / S` (the remainder spread over the first shards), so the
+    /// bound is never exceeded, but keys spread over shards unevenly and a claim can be refused
+    /// while other shards still have room: the first refusal comes at about `1 - 3/√b` of
+    /// `max_entries` (95% with 4,096 per shard, 99% with 100,000). The default shard count keeps
+    /// `b` at 4,096 or more; give headroom where a refusal must not happen before the bound.
     pub fn max_entries(mut self, max_entries: usize) -> Self {
         self.max_entries = max_entries;
         self
     }
 
     /// The number of shards: a power of two, at most `max_entries`. Defaults to 64 per core
-    /// (rounded to a power of two), or fewer if `max_entries` is small.
+    /// (rounded to a power of two), or fewer, so each shard holds at least 4,096 entries.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
@@ -147,7 +150,7 @@ impl<V> Builder<V> {
         self
     }
 
-    /// Sizes the tables up front for about this many entries (capped at `max_entries`), so a
+    /// Sizes the tables up front for about this many entries (capped near `max_entries`), so a
     /// store that will hold them skips the table rebuilds of growing there: each rebuild moves
     /// a shard's entries and holds its lock while it does. Memory for the capacity is reserved
     /// from the start (about 29 bytes per entry for a dedup-only store). Default 0: grow on
@@ -210,18 +213,18 @@ impl<V> Builder<V> {
         };
         let per_shard = self.max_entries.div_ceil(shards);
         // Slot indices are u32 (the wheel's records); a shard's table never exceeds
-        // bound / 0.9 slots.
-        if per_shard > (u32::MAX as usize / 10) * 9 - 64 {
+        // `max_capacity(bound)` slots.
+        if crate::shard::max_capacity(per_shard) >= u32::MAX as usize {
             return Err(Error::InvalidConfig(format!(
                 "max_entries ({}) over {shards} shards is more than a shard can index; raise shards",
                 self.max_entries
             )));
         }
         if let Some(every) = self.maintenance {
-            if every.is_zero() {
-                return Err(Error::InvalidConfig(
-                    "maintenance_interval is zero; use at least 1 ms".into(),
-                ));
+            if every < Duration::from_millis(1) {
+                return Err(Error::InvalidConfig(format!(
+                    "maintenance_interval is {every:?}; use at least 1 ms"
+                )));
             }
         }
         let clock = self.clock.unwrap_or_default();
@@ -282,11 +285,16 @@ fn spawn_maintainer<V: Send + Sync + 'static>(
     Ok(())
 }
 
+/// Entries a default-sized shard holds at least, so that the uneven spread of keys over shards
+/// costs little of `max_entries` (see `Builder::max_entries`).
+const MIN_DEFAULT_SHARD_BOUND: usize = 4096;
+
 fn default_shards(max_entries: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
     let wanted = (cores * 64).next_power_of_two().min(MAX_SHARDS);
-    // The largest power of two not above max_entries (which is at least 1).
-    let most = 1usize << (usize::BITS - 1 - max_entries.leading_zeros());
+    // The largest power of two not above max_entries / 4096 (at least 1).
+    let fits = (max_entries / MIN_DEFAULT_SHARD_BOUND).max(1);
+    let most = 1usize << (usize::BITS - 1 - fits.leading_zeros());
     wanted.min(most)
 }
 

@@ -74,15 +74,21 @@
 //! hashed together, length-prefixed, so `("ab","c")` and `("a","bc")` never meet. The store
 //! keeps only a 128-bit xxh3 hash of (seed, scope, key): two keys that share a hash are treated
 //! as one. For `n` live keys the odds of any such pair are about n²/2¹²⁹: 1e-17 for 86 billion
-//! keys, and 1.5e-25 for 10 million. Empty keys and keys over `max_key_len` (255 bytes by
-//! default) are refused with [`Error::InvalidKey`]; a caller with its own 128-bit id can use
+//! keys, and 1.5e-25 for 10 million. These odds hold for keys nobody chose to collide: seeded
+//! xxh3 is fast, not a keyed cryptographic hash, and inputs that collide whatever the seed are
+//! known, so a caller who controls keys could make two keys of their choosing act as one. Empty
+//! keys and keys over `max_key_len` (255 bytes by default) are refused with
+//! [`Error::InvalidKey`]; a caller with its own 128-bit id can use
 //! [`Store::claim_id`]. The seed is random per store unless fixed with [`Builder::seed`].
 //!
 //! # Capacity and memory
 //! The store holds at most `max_entries` entries and fails closed: a new key that finds its shard
 //! full gets [`Error::CapacityExceeded`] after the shard has reclaimed what has expired. A live
-//! entry is never evicted. With `S` shards each shard holds `max_entries / S` (so up to `S - 1`
-//! fewer keys than `max_entries` may be admitted when keys spread unevenly).
+//! entry is never evicted. With `S` shards each shard holds `b = max_entries / S`, and keys
+//! spread unevenly, so the first refusal comes at about `1 - 3/√b` of `max_entries` (see
+//! [`Builder::max_entries`]). A claim that finds its shard full first reclaims everything expired
+//! in that shard (and rebuilds the table if released or shortened entries may hide there): that
+//! one claim does work proportional to what it reclaims, instead of the usual 8 records at most.
 //!
 //! A window of `W` seconds at `R` new keys per second holds `R·W` live keys: 1 M keys/s for 24 h
 //! is 86.4 billion keys, about 1.4 TB of bare 16-byte hashes — beyond one machine. A dedup-only

@@ -50,6 +50,8 @@ pub(crate) struct Shard<V> {
     /// The store's ttl in ms (rounded up): the soonest an in-flight entry's deadline can
     /// become if it completes now, which is where its wheel record must be.
     ttl: u64,
+    /// The latest clock reading (ns) any write-locked operation on this shard has used.
+    last_nanos: u64,
     pub(crate) counts: Counts,
 }
 
@@ -80,11 +82,12 @@ impl<V> ShardCell<V> {
     pub(crate) fn new(bound: usize, ttl: u64, capacity: usize, now: u64) -> Self {
         Self {
             lock: RwLock::new(Shard {
-                table: Table::with_capacity(capacity.max(MIN_CAPACITY)),
+                table: Table::with_capacity(capacity.min(max_capacity(bound))),
                 wheel: Wheel::new(now),
                 next_token: 1,
                 bound,
                 ttl,
+                last_nanos: 0,
                 counts: Counts::default(),
             }),
             completions: AtomicU64::new(0),
@@ -95,7 +98,29 @@ impl<V> ShardCell<V> {
     }
 }
 
+/// The largest table a shard of `bound` entries gets: a load of 0.75 when full of live keys,
+/// which leaves a sixth of the slots before the 0.9 rebuild threshold for tombstones, so a shard
+/// at its bound under churn rebuilds once per many removals, not once per few.
+pub(crate) fn max_capacity(bound: usize) -> usize {
+    (bound + 1).saturating_mul(4) / 3 + crate::table::GROUP
+}
+
 impl<V> Shard<V> {
+    /// The time for a write-locked operation: the clock reading, but never behind the last
+    /// one this shard used (the TSCs of two cores may disagree slightly). Keeps the shard's
+    /// time, and so its wheel, monotonic.
+    #[inline]
+    pub(crate) fn advance_time(&mut self, clock_nanos: u64) -> u64 {
+        self.last_nanos = self.last_nanos.max(clock_nanos);
+        self.last_nanos
+    }
+
+    /// The time for a read-locked (guard) operation: never behind the shard's last reading.
+    #[inline]
+    pub(crate) fn time(&self, clock_nanos: u64) -> u64 {
+        self.last_nanos.max(clock_nanos)
+    }
+
     /// Claims `h` at `now` (ms) for a lease ending at `lease_deadline` (ms). Write lock held.
     #[inline]
     pub(crate) fn claim(
@@ -274,8 +299,7 @@ impl<V> Shard<V> {
         let held = self.table.occupied();
         let survivors = held.saturating_sub(cell.vacant.load(Ordering::Relaxed));
         let wanted = ((survivors + 1) * 100).div_ceil(65);
-        let most = ((self.bound + 1) * 10).div_ceil(9) + crate::table::GROUP;
-        let capacity = wanted.min(most).max(MIN_CAPACITY);
+        let capacity = wanted.min(max_capacity(self.bound)).max(MIN_CAPACITY);
         let counts = &mut self.counts;
         let (next, moved) = self.table.rebuild(capacity, |w| {
             if w.is_live(now) {
@@ -288,7 +312,9 @@ impl<V> Shard<V> {
             }
             false
         });
-        self.table = next;
+        // Drop the old table (and the values of dropped entries, whose `Drop` is user code)
+        // only once the wheel follows the new one.
+        let old = std::mem::replace(&mut self.table, next);
         if cell.shortened.load(Ordering::Relaxed) {
             // Some record sits later than its entry's deadline: file every record afresh.
             self.wheel.clear();
@@ -301,6 +327,7 @@ impl<V> Shard<V> {
         } else {
             self.wheel.remap(&moved);
         }
+        drop(old);
         // The write lock excludes every guard, so these reset exactly.
         cell.vacant.store(0, Ordering::Relaxed);
         cell.shortened.store(false, Ordering::Relaxed);

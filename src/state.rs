@@ -17,8 +17,8 @@
 //!  bit 63..62  phase   00 Vacant (released; garbage until reclaimed or reused)
 //!                      01 InFlight (owned; deadline = end of lease)
 //!                      10 Completed (deadline = end of the dedup window)
-//!  bit 61..40  token   the low 22 bits of the fencing token of the last acquisition
-//!  bit 39..0   deadline in ms since the clock's origin (2^40 ms = 34.8 years)
+//!  bit 61..44  token   the low 18 bits of the fencing token of the last acquisition
+//!  bit 43..0   deadline in ms since the clock's origin (2^44 ms = 557 years)
 //! ```
 //! Empty slots have no word at all: the table's tag byte says whether a slot is used.
 //!
@@ -35,10 +35,10 @@
 use crate::sync::{AtomicU64, Ordering};
 
 /// The largest deadline the word can hold.
-pub(crate) const MAX_DEADLINE: u64 = (1 << 40) - 1;
+pub(crate) const MAX_DEADLINE: u64 = (1 << 44) - 1;
 const DEADLINE_MASK: u64 = MAX_DEADLINE;
-const TOKEN_BITS: u32 = 22;
-const TOKEN_SHIFT: u32 = 40;
+const TOKEN_BITS: u32 = 18;
+const TOKEN_SHIFT: u32 = 44;
 const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
 const PHASE_SHIFT: u32 = 62;
 
@@ -58,7 +58,7 @@ pub(crate) enum Phase {
 pub(crate) struct Word(u64);
 
 impl Word {
-    /// Packs a word. The token keeps its low 22 bits; the deadline saturates at 34.8 years.
+    /// Packs a word. The token keeps its low 18 bits; the deadline saturates at 557 years.
     #[inline]
     pub(crate) const fn new(phase: Phase, token: u64, deadline: u64) -> Self {
         let deadline = if deadline > MAX_DEADLINE {
@@ -146,16 +146,16 @@ mod tests {
     #[test]
     fn encoding_round_trips() {
         for phase in [Phase::Vacant, Phase::InFlight, Phase::Completed] {
-            let w = Word::new(phase, 0x3F_FFFF, 123_456);
+            let w = Word::new(phase, 0x3_FFFF, 123_456);
             assert_eq!(w.phase(), phase);
-            assert_eq!(w.token_bits(), 0x3F_FFFF);
+            assert_eq!(w.token_bits(), 0x3_FFFF);
             assert_eq!(w.deadline(), 123_456);
         }
     }
 
     #[test]
     fn token_keeps_low_bits_and_deadline_saturates() {
-        let w = Word::new(Phase::InFlight, (1 << 22) + 5, u64::MAX);
+        let w = Word::new(Phase::InFlight, (1 << 18) + 5, u64::MAX);
         assert_eq!(w.token_bits(), 5);
         assert_eq!(w.deadline(), MAX_DEADLINE);
         assert_eq!(w.phase(), Phase::InFlight);

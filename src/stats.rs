@@ -32,6 +32,7 @@ pub struct Stats {
     /// The configured bound on entries.
     pub max_entries: usize,
     /// Bytes the store holds: tables, timing wheels, shard headers and value allocations
-    /// (each value counted at its inline size; heap memory a value owns is not seen).
+    /// (an upper bound for the values: every held entry is counted as holding one, at its
+    /// inline size; heap memory a value owns is not seen).
     pub memory_bytes: usize,
 }

@@ -382,9 +382,10 @@ impl<V> Store<V> {
         let shard = h.shard(inner.shard_bits);
         let cell = &inner.shards[shard];
         let mut locked = cell.lock.write();
-        // Read the clock under the lock, so time seen by operations on one shard never goes
-        // backwards in the order they take effect.
-        let now_nanos = inner.clock.now_nanos();
+        // Read the clock under the lock, and never behind the shard's last reading: time seen
+        // by the operations on one shard never goes backwards in the order they take effect,
+        // even if the TSCs of two cores disagree by a little.
+        let now_nanos = locked.advance_time(inner.clock.now_nanos());
         let now = floor_ms(now_nanos);
         let outcome = locked.claim(cell, &h, fp, now, deadline_ms(now_nanos, lease_nanos));
         drop(locked);
@@ -414,7 +415,11 @@ impl<V> Store<V> {
                          whose one instance was kept when it completed",
                     )),
                 },
-                completed_at_ms: deadline.saturating_sub(inner.ttl_nanos.div_ceil(1_000_000)),
+                // The deadline was rounded up from the completion time; never report a
+                // completion later than this claim.
+                completed_at_ms: deadline
+                    .saturating_sub(inner.ttl_nanos.div_ceil(1_000_000))
+                    .min(floor_ms(now_nanos)),
                 expires_at_ms: deadline,
                 now_nanos,
             }),
@@ -492,7 +497,7 @@ impl<V> Inner<V> {
         for cell in self.shards.iter() {
             loop {
                 let mut shard = cell.lock.write();
-                let now = floor_ms(self.clock.now_nanos());
+                let now = floor_ms(shard.advance_time(self.clock.now_nanos()));
                 if !shard.wheel.is_due(now) {
                     break;
                 }
@@ -505,7 +510,7 @@ impl<V> Inner<V> {
 
 /// Checks a lease and converts it to nanoseconds.
 pub(crate) fn check_lease(lease: Duration) -> Result<u64, Error> {
-    if lease.is_zero() || lease > MAX_SPAN {
+    if lease < Duration::from_millis(1) || lease > MAX_SPAN {
         return Err(Error::InvalidLease {
             lease,
             max: MAX_SPAN,
@@ -552,7 +557,7 @@ impl<'a, V> Guard<'a, V> {
             Err(value)
         };
         let shard = cell.lock.read();
-        let now_nanos = inner.clock.now_nanos();
+        let now_nanos = shard.time(inner.clock.now_nanos());
         if floor_ms(now_nanos) >= self.word.deadline() {
             return Err(Error::LeaseLost);
         }
@@ -570,9 +575,8 @@ impl<'a, V> Guard<'a, V> {
                 let _ = inner.unit.get_or_init(|| unit);
             }
         }
-        if next.deadline() < self.word.deadline() {
-            cell.shortened.store(true, Ordering::Relaxed);
-        }
+        // No need to flag a shortened deadline here: the entry's wheel record was filed at the
+        // earlier of its lease deadline and (claim time + ttl), never after this deadline.
         drop(shard);
         cell.completions.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -588,7 +592,7 @@ impl<'a, V> Guard<'a, V> {
         let inner = &*self.store.inner;
         let cell = &inner.shards[self.shard];
         let shard = cell.lock.read();
-        if floor_ms(inner.clock.now_nanos()) >= self.word.deadline() {
+        if floor_ms(shard.time(inner.clock.now_nanos())) >= self.word.deadline() {
             return Err(Error::LeaseLost);
         }
         // The entry keeps its deadline: its wheel record reclaims it then, if no claim reuses
@@ -612,7 +616,7 @@ impl<'a, V> Guard<'a, V> {
         let inner = &*self.store.inner;
         let cell = &inner.shards[self.shard];
         let shard = cell.lock.read();
-        let now_nanos = inner.clock.now_nanos();
+        let now_nanos = shard.time(inner.clock.now_nanos());
         if floor_ms(now_nanos) >= self.word.deadline() {
             self.active = false;
             return Err(Error::LeaseLost);

@@ -71,11 +71,6 @@ impl<T> UnsafeCell<T> {
     }
 
     #[inline]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
-        f(self.0.get())
-    }
-
-    #[inline]
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
         f(self.0.get())
     }
@@ -94,11 +89,6 @@ pub(crate) struct UnsafeCell<T>(loom::cell::UnsafeCell<T>);
 impl<T> UnsafeCell<T> {
     pub(crate) fn new(value: T) -> Self {
         Self(loom::cell::UnsafeCell::new(value))
-    }
-
-    #[inline]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
-        self.0.with(f)
     }
 
     #[inline]

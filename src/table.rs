@@ -305,13 +305,11 @@ impl<V> Table<V> {
         fps[i] = fp;
     }
 
-    /// A shared handle to slot `i`'s value. Write lock only.
+    /// A shared handle to slot `i`'s value. `&mut self`: the write lock is held, so no guard
+    /// can be publishing a value.
     #[inline]
-    pub(crate) fn value(&self, i: usize) -> Option<Arc<V>> {
-        let cell = self.values.get(i)?;
-        // SAFETY: the caller holds the shard's write lock (`&self` here is reached only through
-        // it on this path), which excludes the read-lock writer of `ValueCell`.
-        cell.0.with(|p| unsafe { (*p).clone() })
+    pub(crate) fn value(&mut self, i: usize) -> Option<Arc<V>> {
+        self.values.get_mut(i)?.0.get_mut().clone()
     }
 
     /// Takes slot `i`'s value out. Needs `&mut self`, so no other access can race.

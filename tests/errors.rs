@@ -181,7 +181,8 @@ fn invalid_claim_lease_is_refused_and_changes_nothing() {
     let held = acquire(&store, "held");
     let deadline = held.lease_deadline();
     let over = MAX_SPAN + Duration::from_nanos(1);
-    for lease in [Duration::ZERO, over, Duration::MAX] {
+    let sub_ms = Duration::from_micros(999);
+    for lease in [Duration::ZERO, Duration::from_nanos(1), sub_ms, over, Duration::MAX] {
         let before = snapshot(&store);
         for key in ["fresh", "held"] {
             let err = store

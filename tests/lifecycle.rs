@@ -163,3 +163,45 @@ fn released_entries_are_reused_and_reclaimed() {
         "tokens keep increasing across a key's lives"
     );
 }
+
+#[test]
+fn default_shards_admit_nearly_max_entries() {
+    // The default shard count keeps at least 4,096 entries per shard, so the uneven spread of
+    // keys over shards costs at most a few percent of max_entries.
+    let store: Store = Store::builder().max_entries(10_000).seed(7).build().unwrap();
+    let mut admitted = 0u32;
+    loop {
+        match store.claim(admitted.to_le_bytes()) {
+            Ok(Claim::Acquired(g)) => {
+                g.complete(()).unwrap();
+                admitted += 1;
+            }
+            Err(Error::CapacityExceeded { .. }) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(admitted >= 9_500, "first refusal at {admitted} of 10,000");
+    assert!(admitted <= 10_000);
+}
+
+#[test]
+fn a_clock_far_from_its_origin_keeps_exact_deadlines() {
+    // Deadlines are kept in 44 bits of milliseconds (557 years): a manual clock two centuries
+    // on still expires keys exactly, with ten-year leases and windows.
+    let (clock, hand) = Clock::manual();
+    let store: Store<u8> = Store::builder()
+        .ttl(idemstore::MAX_SPAN)
+        .lease(idemstore::MAX_SPAN)
+        .clock(clock)
+        .build()
+        .unwrap();
+    hand.advance(Duration::from_secs(200 * 365 * 86_400));
+    let Claim::Acquired(g) = store.claim("k").unwrap() else {
+        panic!()
+    };
+    g.complete(9).unwrap();
+    hand.advance(idemstore::MAX_SPAN - Duration::from_millis(1));
+    assert!(store.claim("k").unwrap().is_completed());
+    hand.advance(Duration::from_millis(1));
+    assert!(store.claim("k").unwrap().is_acquired());
+}
