@@ -182,7 +182,13 @@ fn invalid_claim_lease_is_refused_and_changes_nothing() {
     let deadline = held.lease_deadline();
     let over = MAX_SPAN + Duration::from_nanos(1);
     let sub_ms = Duration::from_micros(999);
-    for lease in [Duration::ZERO, Duration::from_nanos(1), sub_ms, over, Duration::MAX] {
+    for lease in [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        sub_ms,
+        over,
+        Duration::MAX,
+    ] {
         let before = snapshot(&store);
         for key in ["fresh", "held"] {
             let err = store

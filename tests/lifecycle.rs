@@ -168,7 +168,11 @@ fn released_entries_are_reused_and_reclaimed() {
 fn default_shards_admit_nearly_max_entries() {
     // The default shard count keeps at least 4,096 entries per shard, so the uneven spread of
     // keys over shards costs at most a few percent of max_entries.
-    let store: Store = Store::builder().max_entries(10_000).seed(7).build().unwrap();
+    let store: Store = Store::builder()
+        .max_entries(10_000)
+        .seed(7)
+        .build()
+        .unwrap();
     let mut admitted = 0u32;
     loop {
         match store.claim(admitted.to_le_bytes()) {
