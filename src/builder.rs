@@ -274,6 +274,8 @@ fn spawn_maintainer<V: Send + Sync + 'static>(
             match weak.upgrade() {
                 Some(inner) => {
                     inner.run_maintenance();
+                    #[cfg(feature = "metrics")]
+                    inner.stats().record();
                 }
                 None => break,
             }

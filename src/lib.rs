@@ -96,6 +96,15 @@
 //! between 0.65 and 0.9: see the README for measured bytes per live entry. [`Store::stats`] says
 //! what the store holds.
 //!
+//! # Observability
+//! [`Store::stats`] counts claims by outcome, completions, releases, lease and ttl expiries, and
+//! reports entries held and memory. Two optional features connect the facades (the library never
+//! installs a recorder or a subscriber):
+//! - `metrics`: [`Stats::record`] publishes the figures through the `metrics` facade, and the
+//!   maintenance thread does so after every pass;
+//! - `tracing`: rare events (refusals at capacity, takeovers, lost leases, table rebuilds) as
+//!   `tracing` debug events with target `idemstore`; nothing is emitted on the claim fast path.
+//!
 //! # Concurrency
 //! Shards are reader-writer locked and padded to their own cache lines. A claim takes its
 //! shard's lock in write mode (it may insert or take over). Complete, release and extend take it
@@ -108,6 +117,14 @@
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks
 )]
+
+/// A `tracing` debug event with target "idemstore", compiled only with the `tracing` feature.
+macro_rules! event {
+    ($($arg:tt)*) => {
+        #[cfg(feature = "tracing")]
+        tracing::debug!(target: "idemstore", $($arg)*);
+    };
+}
 
 mod builder;
 mod clock;

@@ -244,6 +244,7 @@ impl<V> Shard<V> {
             Phase::InFlight => {
                 self.counts.lease_expiries += 1;
                 self.counts.takeovers += 1;
+                event!("claim takes over a key whose lease ran out");
                 true
             }
             Phase::Completed => {
@@ -300,6 +301,12 @@ impl<V> Shard<V> {
         let survivors = held.saturating_sub(cell.vacant.load(Ordering::Relaxed));
         let wanted = ((survivors + 1) * 100).div_ceil(65);
         let capacity = wanted.min(max_capacity(self.bound)).max(MIN_CAPACITY);
+        event!(
+            held,
+            from = self.table.capacity(),
+            to = capacity,
+            "shard table rebuilt"
+        );
         let counts = &mut self.counts;
         let (next, moved) = self.table.rebuild(capacity, |w| {
             if w.is_live(now) {

@@ -36,3 +36,78 @@ pub struct Stats {
     /// inline size; heap memory a value owns is not seen).
     pub memory_bytes: usize,
 }
+
+#[cfg(feature = "metrics")]
+impl Stats {
+    /// Publishes these figures through the `metrics` facade, to whatever recorder the
+    /// application installed (none is installed by this crate): counters
+    /// `idemstore_claims_total{outcome=acquired|takeover|in_progress|replayed|mismatch|rejected}`,
+    /// `idemstore_completions_total`, `idemstore_releases_total`,
+    /// `idemstore_expiries_total{kind=lease|ttl}`, and gauges `idemstore_entries`,
+    /// `idemstore_max_entries`, `idemstore_memory_bytes`. Counters are set to their absolute
+    /// values, so publishing twice never double-counts. The maintenance thread (see
+    /// [`crate::Builder::maintenance_interval`]) publishes after every pass.
+    pub fn record(&self) {
+        for (outcome, n) in [
+            ("acquired", self.acquired),
+            ("takeover", self.takeovers),
+            ("in_progress", self.in_progress),
+            ("replayed", self.replayed),
+            ("mismatch", self.mismatched),
+            ("rejected", self.rejected),
+        ] {
+            metrics::counter!("idemstore_claims_total", "outcome" => outcome).absolute(n);
+        }
+        metrics::counter!("idemstore_completions_total").absolute(self.completions);
+        metrics::counter!("idemstore_releases_total").absolute(self.releases);
+        metrics::counter!("idemstore_expiries_total", "kind" => "lease")
+            .absolute(self.lease_expiries);
+        metrics::counter!("idemstore_expiries_total", "kind" => "ttl").absolute(self.ttl_expiries);
+        metrics::gauge!("idemstore_entries").set(self.entries as f64);
+        metrics::gauge!("idemstore_max_entries").set(self.max_entries as f64);
+        metrics::gauge!("idemstore_memory_bytes").set(self.memory_bytes as f64);
+    }
+}
+
+#[cfg(all(test, feature = "metrics", not(idemstore_loom)))]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use crate::{Claim, Store};
+
+    #[test]
+    fn record_publishes_absolute_counters_and_gauges() {
+        let store: Store = Store::builder().shards(1).build().unwrap();
+        let Claim::Acquired(g) = store.claim("a").unwrap() else {
+            panic!()
+        };
+        g.complete(()).unwrap();
+        assert!(store.claim("a").unwrap().is_completed());
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            // Twice: absolute values must not add up.
+            store.stats().record();
+            store.stats().record();
+        });
+        let mut seen = 0;
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            let label = key.labels().next().map(|l| l.value().to_string());
+            match (key.name(), label.as_deref(), value) {
+                ("idemstore_claims_total", Some("acquired"), DebugValue::Counter(n))
+                | ("idemstore_claims_total", Some("replayed"), DebugValue::Counter(n))
+                | ("idemstore_completions_total", None, DebugValue::Counter(n)) => {
+                    assert_eq!(n, 1);
+                    seen += 1;
+                }
+                ("idemstore_entries", None, DebugValue::Gauge(v)) => {
+                    assert_eq!(v.into_inner(), 1.0);
+                    seen += 1;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(seen, 4);
+    }
+}

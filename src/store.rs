@@ -424,7 +424,10 @@ impl<V> Store<V> {
                 now_nanos,
             }),
             Outcome::Mismatch { completed } => Claim::Mismatch(Mismatch { completed }),
-            Outcome::Full { limit } => return Err(Error::CapacityExceeded { limit }),
+            Outcome::Full { limit } => {
+                event!(shard, limit, "claim refused: the shard holds as many live keys as it may");
+                return Err(Error::CapacityExceeded { limit });
+            }
         })
     }
 
@@ -460,13 +463,19 @@ impl<V> Store<V> {
     /// Counters and gauges to alert on. Sums over the shards, each read at a slightly
     /// different instant.
     pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+}
+
+impl<V> Inner<V> {
+    pub(crate) fn stats(&self) -> Stats {
         let mut s = Stats {
-            max_entries: self.inner.max_entries,
+            max_entries: self.max_entries,
             memory_bytes: std::mem::size_of::<Inner<V>>()
-                + self.inner.shards.len() * std::mem::size_of::<CachePadded<ShardCell<V>>>(),
+                + self.shards.len() * std::mem::size_of::<CachePadded<ShardCell<V>>>(),
             ..Stats::default()
         };
-        for cell in self.inner.shards.iter() {
+        for cell in self.shards.iter() {
             let shard = cell.lock.read();
             let c = shard.counts;
             s.acquired += c.acquired;
@@ -489,9 +498,7 @@ impl<V> Store<V> {
         }
         s
     }
-}
 
-impl<V> Inner<V> {
     pub(crate) fn run_maintenance(&self) -> usize {
         let mut reclaimed = 0;
         for cell in self.shards.iter() {
@@ -565,6 +572,10 @@ impl<'a, V> Guard<'a, V> {
             .word
             .with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
         let Some(i) = shard.transition(&self.hash, self.word, next) else {
+            event!(
+                token = self.token,
+                "complete refused: the lease was lost to a newer owner"
+            );
             return Err(Error::LeaseLost);
         };
         match value {
