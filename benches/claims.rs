@@ -130,6 +130,23 @@ fn run_parallel(keys: &[u128], op: impl Fn(u128) + Sync) -> Duration {
     start.elapsed()
 }
 
+/// Like [`run_parallel`], but hands each thread its keys in batches of [`BATCH`], for
+/// `Store::claim_id_batch`.
+fn run_parallel_batches(keys: &[u128], op: impl Fn(&[u128]) + Sync) -> Duration {
+    let chunk = keys.len().div_ceil(THREADS);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for part in keys.chunks(chunk) {
+            let op = &op;
+            s.spawn(move || part.chunks(BATCH).for_each(op));
+        }
+    });
+    start.elapsed()
+}
+
+/// Keys per `claim_id_batch` call: what a message consumer might receive at once.
+const BATCH: usize = 64;
+
 fn new_store(cfg: &Config) -> Store<()> {
     Store::builder()
         // Far above what a run reaches, so no claim is ever refused.
@@ -264,6 +281,24 @@ fn unique(c: &mut Criterion) {
             total
         })
     });
+    g.bench_function(BenchmarkId::new("idemstore-batch64", cfg.keys), |b| {
+        let store =
+            store.get_or_insert_with(|| Filled::new(cfg, "idemstore", new_store, fill_store));
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let keys = store.fresh_batch();
+                let s = &store.value;
+                total += run_parallel_batches(&keys, |batch| {
+                    s.claim_id_batch(batch, |_, claim| match claim.expect("claim") {
+                        Claim::Acquired(guard) => std::mem::forget(guard),
+                        other => panic!("a never-seen key was not acquired: {other:?}"),
+                    })
+                });
+            }
+            total
+        })
+    });
     report_store(store);
     let mut map = None;
     g.bench_function(BenchmarkId::new("dashmap", cfg.keys), |b| {
@@ -302,6 +337,26 @@ fn duplicate(c: &mut Criterion) {
                         black_box(replay.value());
                     }
                     other => panic!("a completed key did not replay: {other:?}"),
+                });
+            }
+            total
+        })
+    });
+    g.bench_function(BenchmarkId::new("idemstore-batch64", cfg.keys), |b| {
+        let store =
+            store.get_or_insert_with(|| Filled::new(cfg, "idemstore", new_store, fill_store));
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let keys = present_batch(&cfg, &seq);
+                let s = &store.value;
+                total += run_parallel_batches(&keys, |batch| {
+                    s.claim_id_batch(batch, |_, claim| match claim.expect("claim") {
+                        Claim::Completed(replay) => {
+                            black_box(replay.value());
+                        }
+                        other => panic!("a completed key did not replay: {other:?}"),
+                    })
                 });
             }
             total

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::key::KeyHash;
 use crate::state::{Phase, Word};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering, RwLock};
-use crate::table::{Probe, Table, MIN_CAPACITY};
+use crate::table::{Probe, Table, Whereabouts, MIN_CAPACITY};
 use crate::wheel::Wheel;
 
 /// Expiry records a claim may process before its own work: bounds the latency expiry adds.
@@ -23,6 +23,8 @@ pub(crate) struct ShardCell<V> {
     /// Set when a transition moved a deadline earlier than the entry's wheel record, so the
     /// wheel alone may reclaim it late; a capacity check then sweeps the table.
     pub(crate) shortened: AtomicBool,
+    /// Where the table lives, for batch claims to prefetch without the lock.
+    pub(crate) whereabouts: Whereabouts,
 }
 
 /// Counters changed only under the write lock.
@@ -80,9 +82,12 @@ pub(crate) enum Outcome<V> {
 
 impl<V> ShardCell<V> {
     pub(crate) fn new(bound: usize, ttl: u64, capacity: usize, now: u64) -> Self {
+        let table = Table::with_capacity(capacity.min(max_capacity(bound)));
+        let whereabouts = Whereabouts::default();
+        whereabouts.update(&table);
         Self {
             lock: RwLock::new(Shard {
-                table: Table::with_capacity(capacity.min(max_capacity(bound))),
+                table,
                 wheel: Wheel::new(now),
                 next_token: 1,
                 bound,
@@ -94,6 +99,7 @@ impl<V> ShardCell<V> {
             releases: AtomicU64::new(0),
             vacant: AtomicUsize::new(0),
             shortened: AtomicBool::new(false),
+            whereabouts,
         }
     }
 }
@@ -322,6 +328,7 @@ impl<V> Shard<V> {
         // Drop the old table (and the values of dropped entries, whose `Drop` is user code)
         // only once the wheel follows the new one.
         let old = std::mem::replace(&mut self.table, next);
+        cell.whereabouts.update(&self.table);
         if cell.shortened.load(Ordering::Relaxed) {
             // Some record sits later than its entry's deadline: file every record afresh.
             self.wheel.clear();

@@ -65,6 +65,38 @@ fn prefetch(at: *const i8) {
     let _ = at;
 }
 
+/// Where a shard's table lives, readable without the shard lock, so a batch of claims can start
+/// the cache misses of later keys' probes while it works on earlier ones. Used only to
+/// prefetch: a stale value (a rebuild moved the table) costs a useless prefetch, never a wrong
+/// answer. Plain std atomics even under loom: nothing the engine decides depends on them.
+#[derive(Debug, Default)]
+pub(crate) struct Whereabouts {
+    tags: std::sync::atomic::AtomicPtr<u8>,
+    slots: std::sync::atomic::AtomicPtr<Slot>,
+    groups: std::sync::atomic::AtomicUsize,
+}
+
+impl Whereabouts {
+    /// Records where `table` lives; called under the write lock whenever the table changes.
+    pub(crate) fn update<V>(&self, table: &Table<V>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Relaxed: a reader that sees a mix of old and new values prefetches the wrong lines,
+        // which is harmless.
+        self.tags.store(table.tags.as_ptr().cast_mut(), Relaxed);
+        self.slots.store(table.slots.as_ptr().cast_mut(), Relaxed);
+        self.groups.store(table.groups, Relaxed);
+    }
+
+    /// Starts loading the tag group and the home slots of `h`.
+    #[inline]
+    pub(crate) fn prefetch(&self, h: &KeyHash) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = h.home(self.groups.load(Relaxed));
+        prefetch(self.tags.load(Relaxed).cast::<i8>().wrapping_add(g * GROUP));
+        prefetch_group(self.slots.load(Relaxed).wrapping_add(g * GROUP));
+    }
+}
+
 /// One entry: the key's 128-bit hash and its state word. 24 bytes.
 #[derive(Debug)]
 pub(crate) struct Slot {

@@ -209,3 +209,90 @@ fn a_clock_far_from_its_origin_keeps_exact_deadlines() {
     hand.advance(Duration::from_millis(1));
     assert!(store.claim("k").unwrap().is_acquired());
 }
+
+/// What a claim returned, for comparing two stores.
+fn outcome<V: std::fmt::Debug>(claim: &Result<Claim<'_, V>, Error>) -> String {
+    match claim {
+        Ok(Claim::Acquired(g)) => {
+            format!("acquired token {} takeover {}", g.token(), g.is_takeover())
+        }
+        Ok(Claim::InProgress(p)) => format!("in progress {:?}", p.retry_after()),
+        Ok(Claim::Completed(r)) => format!("completed {:?} {:?}", r.value(), r.expires_in()),
+        Ok(Claim::Mismatch(m)) => format!("mismatch {}", m.is_completed()),
+        Err(e) => format!("error {e:?}"),
+    }
+}
+
+#[test]
+fn batch_claims_are_the_same_as_one_by_one() {
+    let twins = || {
+        let (clock, hand) = Clock::manual();
+        let store: Store<u32> = Store::builder()
+            .shards(4)
+            .max_entries(64)
+            .lease(Duration::from_millis(5))
+            .ttl(Duration::from_millis(20))
+            .seed(99)
+            .clock(clock)
+            .build()
+            .unwrap();
+        (store, hand)
+    };
+    let (one, one_hand) = twins();
+    let (batch, batch_hand) = twins();
+    // Duplicates inside a batch, invalid keys, more keys than the pipeline's depth, and a
+    // store that fills up.
+    let mut keys: Vec<Vec<u8>> = (0..90u32)
+        .map(|i| (i % 70).to_le_bytes().to_vec())
+        .collect();
+    keys[3] = Vec::new();
+    keys[40] = vec![b'x'; 300];
+    for round in 0..4u32 {
+        let mut expected = Vec::new();
+        let mut held_one = Vec::new();
+        for key in &keys {
+            let claim = one.claim(key);
+            expected.push(outcome(&claim));
+            if let Ok(Claim::Acquired(g)) = claim {
+                held_one.push(g);
+            }
+        }
+        let mut got = Vec::new();
+        let mut held_batch = Vec::new();
+        batch.claim_batch(&keys, |i, claim| {
+            assert_eq!(i, got.len(), "outcomes come in key order");
+            got.push(outcome(&claim));
+            if let Ok(Claim::Acquired(g)) = claim {
+                held_batch.push(g);
+            }
+        });
+        assert_eq!(got, expected, "round {round}");
+        // Complete every other acquired key, drop the rest, then let time pass.
+        for (k, (a, b)) in held_one.into_iter().zip(held_batch).enumerate() {
+            if k % 2 == 0 {
+                a.complete(round).unwrap();
+                b.complete(round).unwrap();
+            }
+        }
+        one_hand.advance(Duration::from_millis(7));
+        batch_hand.advance(Duration::from_millis(7));
+    }
+    assert_eq!(one.stats(), batch.stats());
+}
+
+#[test]
+fn id_batches_match_single_id_claims() {
+    let store: Store = Store::builder().seed(1).build().unwrap();
+    let ids: Vec<u128> = (0..1_000u128).map(|i| i * 7919 % 500).collect();
+    let mut acquired = 0;
+    store.claim_id_batch(&ids, |_, claim| {
+        if let Ok(Claim::Acquired(g)) = claim {
+            g.complete(()).unwrap();
+            acquired += 1;
+        }
+    });
+    assert_eq!(acquired, 500);
+    for id in 0..500u128 {
+        assert!(store.claim_id(id).unwrap().is_completed());
+    }
+}
