@@ -17,6 +17,10 @@
 //! - `claim_complete`: a claim of a never-seen key and its `complete(())`; dashmap does
 //!   `entry().or_insert()` (it has no second step).
 //!
+//! Each group also has `idemstore-batch64`: the same work through `Store::claim_id_batch`, 64
+//! keys per call (each thread's share cut into batches of 64), which prefetches the table memory
+//! of keys a few places ahead while it claims the current one.
+//!
 //! Each function fills its structure with N live keys (`IDEMSTORE_BENCH_KEYS`, default 10
 //! million; completed keys for idemstore) when it first runs (so a criterion filter skips the
 //! fill of what it skips), and drops it when done, so only one structure is in memory at a time.
@@ -397,6 +401,24 @@ fn claim_complete(c: &mut Criterion) {
             for _ in 0..iters {
                 let keys = store.fresh_batch();
                 total += fill_store(&store.value, &keys);
+            }
+            total
+        })
+    });
+    g.bench_function(BenchmarkId::new("idemstore-batch64", cfg.keys), |b| {
+        let store =
+            store.get_or_insert_with(|| Filled::new(cfg, "idemstore", new_store, fill_store));
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let keys = store.fresh_batch();
+                let s = &store.value;
+                total += run_parallel_batches(&keys, |batch| {
+                    s.claim_id_batch(batch, |_, claim| match claim.expect("claim") {
+                        Claim::Acquired(guard) => guard.complete(()).expect("complete"),
+                        other => panic!("a never-seen key was not acquired: {other:?}"),
+                    })
+                });
             }
             total
         })
