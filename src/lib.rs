@@ -34,6 +34,8 @@
 //! - [`Store::claim`] returns exactly one of [`Claim::Acquired`] (with a [`Guard`]),
 //!   [`Claim::InProgress`], [`Claim::Completed`] (a [`Replay`] of the stored value, shared, not
 //!   copied) or [`Claim::Mismatch`] (same key, different payload fingerprint).
+//! - [`Store::claim_batch`] and [`Store::claim_id_batch`] claim many keys in one call, with the
+//!   same outcomes as claiming them one after another, prefetching later keys' table memory.
 //! - The guard completes the key, releases it, or extends its lease. Dropping it releases it.
 //! - Every guard operation is fenced: once the lease has run out the guard gets
 //!   [`Error::LeaseLost`] and changes nothing. We chose the strict reading: a lease that has run
