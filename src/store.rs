@@ -275,7 +275,6 @@ impl<V: fmt::Debug> fmt::Debug for Replay<'_, V> {
 pub struct Guard<'a, V = ()> {
     store: &'a Store<V>,
     hash: KeyHash,
-    shard: usize,
     token: u64,
     word: Word,
     takeover: bool,
@@ -488,7 +487,6 @@ impl<V> Store<V> {
             } => Claim::Acquired(Guard {
                 store: self,
                 hash: h,
-                shard,
                 token,
                 word,
                 takeover,
@@ -559,6 +557,12 @@ impl<V> Store<V> {
 }
 
 impl<V> Inner<V> {
+    /// The shard of a key.
+    #[inline]
+    fn cell(&self, h: &KeyHash) -> &CachePadded<ShardCell<V>> {
+        &self.shards[h.shard(self.shard_bits)]
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let mut s = Stats {
             max_entries: self.max_entries,
@@ -647,7 +651,7 @@ impl<'a, V> Guard<'a, V> {
     pub fn complete(mut self, value: V) -> Result<(), Error> {
         self.active = false;
         let inner = &*self.store.inner;
-        let cell = &inner.shards[self.shard];
+        let cell = inner.cell(&self.hash);
         // Allocate before taking the lock; a lost lease drops it unused.
         let value = if stores_values::<V>() {
             Ok(StdArc::new(value))
@@ -692,7 +696,7 @@ impl<'a, V> Guard<'a, V> {
 
     fn release_key(&self) -> Result<(), Error> {
         let inner = &*self.store.inner;
-        let cell = &inner.shards[self.shard];
+        let cell = inner.cell(&self.hash);
         let shard = cell.lock.read();
         if floor_ms(shard.time(inner.clock.now_nanos())) >= self.word.deadline() {
             return Err(Error::LeaseLost);
@@ -716,7 +720,7 @@ impl<'a, V> Guard<'a, V> {
     pub fn extend(&mut self, lease: Duration) -> Result<(), Error> {
         let lease = check_lease(lease)?;
         let inner = &*self.store.inner;
-        let cell = &inner.shards[self.shard];
+        let cell = inner.cell(&self.hash);
         let shard = cell.lock.read();
         let now_nanos = shard.time(inner.clock.now_nanos());
         if floor_ms(now_nanos) >= self.word.deadline() {

@@ -167,6 +167,8 @@ pub(crate) struct Table<V> {
     groups: usize,
     occupied: usize,
     deleted: usize,
+    /// Entries plus tombstones at which the next insert would take the load past 0.9.
+    rebuild_at: usize,
 }
 
 /// Whether values of type `V` take memory and so must be stored per slot.
@@ -193,6 +195,8 @@ impl<V> Table<V> {
             groups,
             occupied: 0,
             deleted: 0,
+            // (n + 1) * 10 > cap * 9, i.e. n >= cap * 9 / 10 rounded down.
+            rebuild_at: cap * 9 / 10,
         }
     }
 
@@ -210,7 +214,7 @@ impl<V> Table<V> {
     /// Whether one more insert would take the load (with tombstones) past 0.9.
     #[inline]
     pub(crate) fn needs_rebuild(&self) -> bool {
-        (self.occupied + self.deleted + 1) * 10 > self.capacity() * 9
+        self.occupied + self.deleted >= self.rebuild_at
     }
 
     #[inline]
@@ -247,8 +251,9 @@ impl<V> Table<V> {
         // two cache misses in a row. Most keys sit in their home group, so fetch its slots now,
         // in parallel with the tag load.
         prefetch_group(self.slots[g * GROUP..].as_ptr());
-        let mut free = None;
-        for _ in 0..self.groups {
+        let mut free = usize::MAX;
+        let mut left = self.groups;
+        loop {
             let tags = self.group_tags(g);
             let mut hits = match_byte(tags, tag);
             while hits != 0 {
@@ -260,13 +265,20 @@ impl<V> Table<V> {
                 hits &= hits - 1;
             }
             let empty = zero_bytes(tags);
-            if free.is_none() {
-                let f = empty | match_byte(tags, DELETED);
+            if free == usize::MAX {
+                // Tombstones are rare (a group with an EMPTY byte takes none): look for them
+                // only when the table has some.
+                let f = if self.deleted == 0 {
+                    empty
+                } else {
+                    empty | match_byte(tags, DELETED)
+                };
                 if f != 0 {
-                    free = Some(g * GROUP + (f.trailing_zeros() / 8) as usize);
+                    free = g * GROUP + (f.trailing_zeros() / 8) as usize;
                 }
             }
-            if empty != 0 {
+            left -= 1;
+            if empty != 0 || left == 0 {
                 break;
             }
             g += 1;
@@ -275,7 +287,7 @@ impl<V> Table<V> {
             }
         }
         // The load is kept at or below 0.9, so a free slot always exists.
-        Probe::Absent(free.unwrap_or(0))
+        Probe::Absent(if free == usize::MAX { 0 } else { free })
     }
 
     /// The slot of `h`, if present.

@@ -87,32 +87,48 @@ impl Wheel {
         self.next_at = self.next_at.min(when);
     }
 
-    /// Files every staged record into its slot.
+    /// Files every staged record into its slot. Records staged together mostly share a slot
+    /// (claims close in time get deadlines close in time), so they are filed in runs: one
+    /// lookup of the slot and one copy per run.
     #[cold]
     fn file_staged(&mut self) {
-        for k in 0..std::mem::take(&mut self.staged) {
-            self.file(self.staged_when[k], self.staged_idx[k]);
+        let n = std::mem::take(&mut self.staged);
+        let mut k = 0;
+        while k < n {
+            let place = self.place(self.staged_when[k]);
+            let mut end = k + 1;
+            while end < n && self.place(self.staged_when[end]) == place {
+                end += 1;
+            }
+            let run = &self.staged_idx[k..end];
+            match place {
+                None => self.due.extend_from_slice(run),
+                Some((level, slot)) => {
+                    let lvl = &mut self.levels[level];
+                    let records = &mut lvl.slots[slot];
+                    if records.capacity() - records.len() < run.len() {
+                        // Grow by a quarter, not double: a slot can hold millions of records,
+                        // and the slack is memory every live entry pays for. (Large
+                        // reallocations are remapped, not copied, by the system allocator.)
+                        records.reserve_exact((records.capacity() / 4).max(run.len()).max(16));
+                    }
+                    records.extend_from_slice(run);
+                    lvl.occupied |= 1 << slot;
+                }
+            }
+            k = end;
         }
     }
 
-    fn file(&mut self, when: u64, idx: u32) {
+    /// Where a record due at `when` is filed: `None` for due now, else (level, slot).
+    #[inline]
+    fn place(&self, when: u64) -> Option<(usize, usize)> {
         if when <= self.elapsed {
-            self.due.push(idx);
-            return;
+            return None;
         }
         let level = level_for(self.elapsed, when);
         let shift = SLOT_BITS * level as u32;
-        let slot = ((when >> shift) as usize) & (SLOTS - 1);
-        let lvl = &mut self.levels[level];
-        let records = &mut lvl.slots[slot];
-        if records.len() == records.capacity() {
-            // Grow by a quarter, not double: a slot can hold millions of records, and the
-            // slack is memory every live entry pays for. (Large reallocations are remapped,
-            // not copied, by the system allocator.)
-            records.reserve_exact((records.capacity() / 4).max(16));
-        }
-        records.push(idx);
-        lvl.occupied |= 1 << slot;
+        Some((level, ((when >> shift) as usize) & (SLOTS - 1)))
     }
 
     /// Whether `pop` at `now` could return a record: a cheap test for the claim path.
