@@ -264,53 +264,63 @@ fn configure<'a>(
     g
 }
 
-fn unique(c: &mut Criterion) {
-    let cfg = Config::from_env();
-    let mut g = configure(c, "unique", &cfg);
-    let mut store = None;
-    g.bench_function(BenchmarkId::new("idemstore", cfg.keys), |b| {
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// How the idemstore functions hand keys to the store.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// `claim_id`, one key at a time.
+    Single,
+    /// `claim_id_batch`, [`BATCH`] keys per call.
+    Batched,
+}
+
+/// Benchmarks idemstore on `keys` batches, checking each claim's outcome with `check`.
+fn bench_store(
+    g: &mut Group<'_>,
+    cfg: Config,
+    store: &mut Option<Filled<Store<()>>>,
+    mode: Mode,
+    mut keys: impl FnMut(&mut Filled<Store<()>>) -> Vec<u128>,
+    check: impl for<'s> Fn(Claim<'s, ()>) + Sync,
+) {
+    let name = match mode {
+        Mode::Single => "idemstore",
+        Mode::Batched => "idemstore-batch64",
+    };
+    g.bench_function(BenchmarkId::new(name, cfg.keys), |b| {
         let store =
             store.get_or_insert_with(|| Filled::new(cfg, "idemstore", new_store, fill_store));
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let keys = store.fresh_batch();
+                let keys = keys(store);
                 let s = &store.value;
-                total += run_parallel(&keys, |k| match s.claim_id(k).expect("claim") {
-                    // Forgotten, not dropped: dropping would release the key (extra work).
-                    Claim::Acquired(guard) => std::mem::forget(guard),
-                    other => panic!("a never-seen key was not acquired: {other:?}"),
-                });
+                total += match mode {
+                    Mode::Single => run_parallel(&keys, |k| check(s.claim_id(k).expect("claim"))),
+                    Mode::Batched => run_parallel_batches(&keys, |batch| {
+                        s.claim_id_batch(batch, |_, claim| check(claim.expect("claim")))
+                    }),
+                };
             }
             total
         })
     });
-    g.bench_function(BenchmarkId::new("idemstore-batch64", cfg.keys), |b| {
-        let store =
-            store.get_or_insert_with(|| Filled::new(cfg, "idemstore", new_store, fill_store));
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let keys = store.fresh_batch();
-                let s = &store.value;
-                total += run_parallel_batches(&keys, |batch| {
-                    s.claim_id_batch(batch, |_, claim| match claim.expect("claim") {
-                        Claim::Acquired(guard) => std::mem::forget(guard),
-                        other => panic!("a never-seen key was not acquired: {other:?}"),
-                    })
-                });
-            }
-            total
-        })
-    });
-    report_store(store);
-    let mut map = None;
+}
+
+/// Benchmarks dashmap's `entry(k).or_insert(v)` on `keys` batches.
+fn bench_map(
+    g: &mut Group<'_>,
+    cfg: Config,
+    map: &mut Option<Filled<Map>>,
+    mut keys: impl FnMut(&mut Filled<Map>) -> Vec<u128>,
+) {
     g.bench_function(BenchmarkId::new("dashmap", cfg.keys), |b| {
         let map = map.get_or_insert_with(|| Filled::new(cfg, "dashmap", new_map, fill_map));
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                let keys = map.fresh_batch();
+                let keys = keys(map);
                 let m = &map.value;
                 total += run_parallel(&keys, |k| {
                     black_box(*m.entry(k).or_insert(k as u64));
@@ -319,6 +329,50 @@ fn unique(c: &mut Criterion) {
             total
         })
     });
+}
+
+/// A never-seen key's claim, not completed: forgotten, not dropped, since dropping would
+/// release the key (extra work a real caller does not do).
+fn acquired_forgotten(claim: Claim<'_, ()>) {
+    match claim {
+        Claim::Acquired(guard) => std::mem::forget(guard),
+        other => panic!("a never-seen key was not acquired: {other:?}"),
+    }
+}
+
+fn replayed(claim: Claim<'_, ()>) {
+    match claim {
+        Claim::Completed(replay) => {
+            black_box(replay.value());
+        }
+        other => panic!("a completed key did not replay: {other:?}"),
+    }
+}
+
+fn acquired_completed(claim: Claim<'_, ()>) {
+    match claim {
+        Claim::Acquired(guard) => guard.complete(()).expect("complete"),
+        other => panic!("a never-seen key was not acquired: {other:?}"),
+    }
+}
+
+fn unique(c: &mut Criterion) {
+    let cfg = Config::from_env();
+    let mut g = configure(c, "unique", &cfg);
+    let mut store = None;
+    for mode in [Mode::Single, Mode::Batched] {
+        bench_store(
+            &mut g,
+            cfg,
+            &mut store,
+            mode,
+            Filled::fresh_batch,
+            acquired_forgotten,
+        );
+    }
+    report_store(store);
+    let mut map = None;
+    bench_map(&mut g, cfg, &mut map, Filled::fresh_batch);
     report_map(map);
     g.finish();
 }
@@ -328,60 +382,13 @@ fn duplicate(c: &mut Criterion) {
     let seq = AtomicU64::new(0);
     let mut g = configure(c, "duplicate", &cfg);
     let mut store = None;
-    g.bench_function(BenchmarkId::new("idemstore", cfg.keys), |b| {
-        let store =
-            store.get_or_insert_with(|| Filled::new(cfg, "idemstore", new_store, fill_store));
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let keys = present_batch(&cfg, &seq);
-                let s = &store.value;
-                total += run_parallel(&keys, |k| match s.claim_id(k).expect("claim") {
-                    Claim::Completed(replay) => {
-                        black_box(replay.value());
-                    }
-                    other => panic!("a completed key did not replay: {other:?}"),
-                });
-            }
-            total
-        })
-    });
-    g.bench_function(BenchmarkId::new("idemstore-batch64", cfg.keys), |b| {
-        let store =
-            store.get_or_insert_with(|| Filled::new(cfg, "idemstore", new_store, fill_store));
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let keys = present_batch(&cfg, &seq);
-                let s = &store.value;
-                total += run_parallel_batches(&keys, |batch| {
-                    s.claim_id_batch(batch, |_, claim| match claim.expect("claim") {
-                        Claim::Completed(replay) => {
-                            black_box(replay.value());
-                        }
-                        other => panic!("a completed key did not replay: {other:?}"),
-                    })
-                });
-            }
-            total
-        })
-    });
+    for mode in [Mode::Single, Mode::Batched] {
+        let keys = |_: &mut Filled<Store<()>>| present_batch(&cfg, &seq);
+        bench_store(&mut g, cfg, &mut store, mode, keys, replayed);
+    }
     report_store(store);
     let mut map = None;
-    g.bench_function(BenchmarkId::new("dashmap", cfg.keys), |b| {
-        let map = map.get_or_insert_with(|| Filled::new(cfg, "dashmap", new_map, fill_map));
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let keys = present_batch(&cfg, &seq);
-                let m = &map.value;
-                total += run_parallel(&keys, |k| {
-                    black_box(*m.entry(k).or_insert(0));
-                });
-            }
-            total
-        })
-    });
+    bench_map(&mut g, cfg, &mut map, |_| present_batch(&cfg, &seq));
     if let Some(m) = &map {
         assert_eq!(m.value.len() as u64, cfg.keys, "dashmap took in a new key");
     }
@@ -393,55 +400,23 @@ fn claim_complete(c: &mut Criterion) {
     let cfg = Config::from_env();
     let mut g = configure(c, "claim_complete", &cfg);
     let mut store = None;
-    g.bench_function(BenchmarkId::new("idemstore", cfg.keys), |b| {
-        let store =
-            store.get_or_insert_with(|| Filled::new(cfg, "idemstore", new_store, fill_store));
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let keys = store.fresh_batch();
-                total += fill_store(&store.value, &keys);
-            }
-            total
-        })
-    });
-    g.bench_function(BenchmarkId::new("idemstore-batch64", cfg.keys), |b| {
-        let store =
-            store.get_or_insert_with(|| Filled::new(cfg, "idemstore", new_store, fill_store));
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let keys = store.fresh_batch();
-                let s = &store.value;
-                total += run_parallel_batches(&keys, |batch| {
-                    s.claim_id_batch(batch, |_, claim| match claim.expect("claim") {
-                        Claim::Acquired(guard) => guard.complete(()).expect("complete"),
-                        other => panic!("a never-seen key was not acquired: {other:?}"),
-                    })
-                });
-            }
-            total
-        })
-    });
+    for mode in [Mode::Single, Mode::Batched] {
+        bench_store(
+            &mut g,
+            cfg,
+            &mut store,
+            mode,
+            Filled::fresh_batch,
+            acquired_completed,
+        );
+    }
     report_store(store);
     let mut map = None;
-    g.bench_function(BenchmarkId::new("dashmap", cfg.keys), |b| {
-        let map = map.get_or_insert_with(|| Filled::new(cfg, "dashmap", new_map, fill_map));
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let keys = map.fresh_batch();
-                total += fill_map(&map.value, &keys);
-            }
-            total
-        })
-    });
+    bench_map(&mut g, cfg, &mut map, Filled::fresh_batch);
     report_map(map);
     g.finish();
 }
 
-/// Says what the store held at the end of a function (if criterion's filter ran it), then drops
-/// it so the next function has the memory.
 fn report_store(store: Option<Filled<Store<()>>>) {
     if let Some(f) = store {
         let s = f.value.stats();
