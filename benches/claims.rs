@@ -356,25 +356,27 @@ fn acquired_completed(claim: Claim<'_, ()>) {
     }
 }
 
-fn unique(c: &mut Criterion) {
+/// A group that claims never-seen keys, each handled by `check` (forgotten or completed).
+fn new_keys(c: &mut Criterion, name: &str, check: fn(Claim<'_, ()>)) {
     let cfg = Config::from_env();
-    let mut g = configure(c, "unique", &cfg);
+    let mut g = configure(c, name, &cfg);
     let mut store = None;
     for mode in [Mode::Single, Mode::Batched] {
-        bench_store(
-            &mut g,
-            cfg,
-            &mut store,
-            mode,
-            Filled::fresh_batch,
-            acquired_forgotten,
-        );
+        bench_store(&mut g, cfg, &mut store, mode, Filled::fresh_batch, check);
     }
     report_store(store);
     let mut map = None;
     bench_map(&mut g, cfg, &mut map, Filled::fresh_batch);
     report_map(map);
     g.finish();
+}
+
+fn unique(c: &mut Criterion) {
+    new_keys(c, "unique", acquired_forgotten);
+}
+
+fn claim_complete(c: &mut Criterion) {
+    new_keys(c, "claim_complete", acquired_completed);
 }
 
 fn duplicate(c: &mut Criterion) {
@@ -392,27 +394,6 @@ fn duplicate(c: &mut Criterion) {
     if let Some(m) = &map {
         assert_eq!(m.value.len() as u64, cfg.keys, "dashmap took in a new key");
     }
-    report_map(map);
-    g.finish();
-}
-
-fn claim_complete(c: &mut Criterion) {
-    let cfg = Config::from_env();
-    let mut g = configure(c, "claim_complete", &cfg);
-    let mut store = None;
-    for mode in [Mode::Single, Mode::Batched] {
-        bench_store(
-            &mut g,
-            cfg,
-            &mut store,
-            mode,
-            Filled::fresh_batch,
-            acquired_completed,
-        );
-    }
-    report_store(store);
-    let mut map = None;
-    bench_map(&mut g, cfg, &mut map, Filled::fresh_batch);
     report_map(map);
     g.finish();
 }
