@@ -57,8 +57,13 @@ pub struct Builder<V = ()> {
     max_key_len: usize,
     maintenance: Option<Duration>,
     initial_capacity: usize,
+    max_value_size: usize,
+    weigher: Option<Weigher<V>>,
     _value: PhantomData<fn() -> V>,
 }
+
+/// Measures a stored value in bytes, for [`Builder::max_value_size`].
+pub(crate) type Weigher<V> = Box<dyn Fn(&V) -> usize + Send + Sync>;
 
 impl<V> std::fmt::Debug for Builder<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,6 +77,8 @@ impl<V> std::fmt::Debug for Builder<V> {
             .field("max_key_len", &self.max_key_len)
             .field("maintenance", &self.maintenance)
             .field("initial_capacity", &self.initial_capacity)
+            .field("max_value_size", &self.max_value_size)
+            .field("weigher", &self.weigher.as_ref().map(|_| "custom"))
             .finish()
     }
 }
@@ -95,6 +102,8 @@ impl<V> Builder<V> {
             max_key_len: DEFAULT_MAX_KEY_LEN,
             maintenance: None,
             initial_capacity: 0,
+            max_value_size: usize::MAX,
+            weigher: None,
             _value: PhantomData,
         }
     }
@@ -165,6 +174,39 @@ impl<V> Builder<V> {
     /// the store is dropped.
     pub fn maintenance_interval(mut self, every: Duration) -> Self {
         self.maintenance = Some(every);
+        self
+    }
+
+    /// The largest value [`Guard::complete`](crate::Guard::complete) stores, in bytes as the
+    /// [`weigher`](Builder::weigher) measures them; a heavier value gets
+    /// [`Error::ValueTooLarge`]. With it, the memory of stored values is bounded by
+    /// `max_entries × max_value_size` (plus about 16 bytes of `Arc` header per value). Default:
+    /// unbounded.
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// How [`max_value_size`](Builder::max_value_size) weighs a value. The default is
+    /// `size_of::<V>()`, which is right for plain data; give one for values that own heap
+    /// memory, e.g. `|body: &Vec<u8>| body.len()`. It must give the same answer for the same
+    /// value every time.
+    ///
+    /// ```
+    /// use idemstore::{Claim, Error, Store};
+    ///
+    /// let store: Store<Vec<u8>> = Store::builder()
+    ///     .max_value_size(1024)
+    ///     .weigher(|body: &Vec<u8>| body.len())
+    ///     .build()?;
+    /// let Claim::Acquired(guard) = store.claim("big")? else { unreachable!() };
+    /// let body = vec![0u8; 4096];
+    /// assert_eq!(store.check_value(&body), Err(Error::ValueTooLarge { size: 4096, limit: 1024 }));
+    /// guard.complete(body[..1024].to_vec())?;
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
+    pub fn weigher(mut self, weigher: impl Fn(&V) -> usize + Send + Sync + 'static) -> Self {
+        self.weigher = Some(Box::new(weigher));
         self
     }
 
@@ -252,6 +294,8 @@ impl<V> Builder<V> {
             clock,
             unit: OnceLock::new(),
             maintainer: OnceLock::new(),
+            max_value_size: self.max_value_size,
+            weigher: self.weigher,
         });
         #[cfg(not(idemstore_loom))]
         if let Some(every) = self.maintenance {

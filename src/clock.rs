@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use event_listener::Event;
+
 use crate::sync::{Arc, AtomicU64, Ordering};
 
 const NANOS_PER_MS: u64 = 1_000_000;
@@ -42,13 +44,21 @@ pub struct Clock {
 #[derive(Clone)]
 enum Source {
     System { clock: quanta::Clock, origin: u64 },
-    Manual(Arc<AtomicU64>),
+    Manual(Arc<Manual>),
+}
+
+/// The shared state of a manual clock and its hand.
+struct Manual {
+    nanos: AtomicU64,
+    /// Notified on every advance: waits on a store with this clock wake on it (and owners of
+    /// such stores notify it too), since their deadlines are on this clock, not on a timer's.
+    moved: Event,
 }
 
 /// The hand of a manual clock: moves it forward. Cheap to clone, `Send + Sync`.
 #[derive(Clone)]
 pub struct ManualClock {
-    nanos: Arc<AtomicU64>,
+    manual: Arc<Manual>,
 }
 
 impl Clock {
@@ -63,11 +73,14 @@ impl Clock {
 
     /// A clock that stands still until its hand (the second element) advances it.
     pub fn manual() -> (Self, ManualClock) {
-        let nanos = Arc::new(AtomicU64::new(0));
+        let manual = Arc::new(Manual {
+            nanos: AtomicU64::new(0),
+            moved: Event::new(),
+        });
         let clock = Self {
-            source: Source::Manual(nanos.clone()),
+            source: Source::Manual(manual.clone()),
         };
-        (clock, ManualClock { nanos })
+        (clock, ManualClock { manual })
     }
 
     /// Time elapsed since this clock's origin.
@@ -82,7 +95,15 @@ impl Clock {
             Source::System { clock, origin } => clock.delta_as_nanos(*origin, clock.raw()),
             // Relaxed: a clock reading orders nothing else; coherence of the one location keeps
             // it monotonic for every thread that synchronizes through the shard locks.
-            Source::Manual(nanos) => nanos.load(Ordering::Relaxed),
+            Source::Manual(m) => m.nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The event a manual clock notifies when it moves; `None` for the system clock.
+    pub(crate) fn moved(&self) -> Option<&Event> {
+        match &self.source {
+            Source::System { .. } => None,
+            Source::Manual(m) => Some(&m.moved),
         }
     }
 }
@@ -112,15 +133,19 @@ impl ManualClock {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         // Relaxed: see `Clock::now_nanos`; fetch_update keeps concurrent advances additive.
         let _ = self
+            .manual
             .nanos
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 Some(n.saturating_add(by))
             });
+        // Waiters compare the new time with their deadlines (leases that ran out, waits that
+        // timed out). The notification's fence orders the advance before their re-check.
+        self.manual.moved.notify(usize::MAX);
     }
 
     /// Time elapsed since the clock's origin.
     pub fn now(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+        Duration::from_nanos(self.manual.nanos.load(Ordering::Relaxed))
     }
 }
 

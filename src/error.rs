@@ -50,6 +50,18 @@ pub enum Error {
         max: Duration,
     },
 
+    /// A completed value weighed more than the store's `max_value_size` (as measured by the
+    /// store's weigher). Nothing was stored; the guard was dropped with the call, which released
+    /// the key. Check a value with `Store::check_value` before completing when the work must
+    /// not run twice, and store a smaller summary (or a "done, not replayable" marker) instead.
+    #[error("value too large: it weighs {size} bytes and the store keeps values of at most {limit}; store a smaller result or raise Builder::max_value_size")]
+    ValueTooLarge {
+        /// The value's weight.
+        size: usize,
+        /// The store's `max_value_size`.
+        limit: usize,
+    },
+
     /// The builder was given a setting that cannot work. Not retryable: fix the configuration.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use event_listener::Event;
+
 use crate::key::KeyHash;
 use crate::state::{Phase, Word};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering, RwLock};
@@ -25,6 +27,9 @@ pub(crate) struct ShardCell<V> {
     pub(crate) shortened: AtomicBool,
     /// Where the table lives, for batch claims to prefetch without the lock.
     pub(crate) whereabouts: Whereabouts,
+    /// Duplicates waiting for an in-flight key of this shard listen here; owners notify it
+    /// when they complete or release a key (on a manual clock, the clock's event is used).
+    pub(crate) wake: Event,
 }
 
 /// Counters changed only under the write lock.
@@ -100,6 +105,7 @@ impl<V> ShardCell<V> {
             vacant: AtomicUsize::new(0),
             shortened: AtomicBool::new(false),
             whereabouts,
+            wake: Event::new(),
         }
     }
 }

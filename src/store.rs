@@ -1,12 +1,16 @@
 //! The public handle: [`Store`], the outcome of a claim ([`Claim`]) and the owner's [`Guard`].
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc as StdArc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
+use event_listener::{Event, Listener};
 
-use crate::builder::Builder;
+use crate::builder::{Builder, Weigher};
 use crate::clock::{deadline_ms, floor_ms, nanos_of, Clock};
 use crate::error::Error;
 use crate::key::{hash_fingerprint, hash_id, hash_key, KeyHash};
@@ -63,6 +67,9 @@ pub(crate) struct Inner<V> {
     pub(crate) unit: OnceLock<V>,
     /// The optional background maintenance thread, woken on drop so it exits promptly.
     pub(crate) maintainer: OnceLock<std::thread::Thread>,
+    /// The heaviest value `complete` stores, as `weigher` (or `size_of::<V>()`) measures it.
+    pub(crate) max_value_size: usize,
+    pub(crate) weigher: Option<Weigher<V>>,
 }
 
 impl<V> Drop for Inner<V> {
@@ -316,7 +323,119 @@ impl<V> Store<V> {
         key: K,
         options: &ClaimOptions<'_>,
     ) -> Result<Claim<'_, V>, Error> {
-        let key = key.as_ref();
+        let (h, fp, lease) = self.prepare(key.as_ref(), options)?;
+        self.claim_hashed(h, fp, lease)
+    }
+
+    /// Claims `key` like [`Store::claim_with`], but if another owner has it in flight, waits
+    /// (without blocking the thread) until that owner completes or releases it or its lease
+    /// runs out, for at most `max_wait`, and then returns what a fresh claim returns: the
+    /// replay, or `Acquired` if the key came free. If the key is still in flight after
+    /// `max_wait`, returns `InProgress`.
+    ///
+    /// Owners wake waiters on every completion and release, so nothing polls; a lease that runs
+    /// out wakes them by its deadline. Works on any executor (the timer of a wait on the system
+    /// clock runs on one helper thread shared by all stores). On a [manual](Clock::manual)
+    /// clock, `max_wait` and leases are measured on that clock and every advance wakes waiters,
+    /// so tests need no sleeps. Dropping the future leaves nothing behind.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idemstore::{Claim, ClaimOptions, Store};
+    ///
+    /// let store: Store<u32> = Store::builder().build()?;
+    /// let Claim::Acquired(owner) = store.claim("job-1")? else { unreachable!() };
+    /// std::thread::scope(|s| {
+    ///     // A duplicate arrives while the owner works: it waits for the result, not a 409.
+    ///     let duplicate = s.spawn(|| {
+    ///         let opts = ClaimOptions::new();
+    ///         match store.claim_wait_blocking("job-1", &opts, Duration::from_secs(5))? {
+    ///             Claim::Completed(replay) => Ok(*replay.value()),
+    ///             other => panic!("the owner completed within the wait: {other:?}"),
+    ///         }
+    ///     });
+    ///     owner.complete(7)?;
+    ///     assert_eq!(duplicate.join().unwrap()?, 7);
+    ///     Ok::<(), idemstore::Error>(())
+    /// })?;
+    /// // In async code: store.claim_wait("job-1", &opts, max_wait).await, on any executor.
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
+    pub async fn claim_wait<K: AsRef<[u8]>>(
+        &self,
+        key: K,
+        options: &ClaimOptions<'_>,
+        max_wait: Duration,
+    ) -> Result<Claim<'_, V>, Error> {
+        let (h, fp, lease) = self.prepare(key.as_ref(), options)?;
+        let inner = &*self.inner;
+        let until = inner.clock.now_nanos().saturating_add(nanos_of(max_wait));
+        loop {
+            // Listen before looking, so a completion between the look and the wait still
+            // wakes this waiter.
+            let mut listener = inner.wake_event(&h).listen();
+            let claim = self.claim_hashed(h, fp, lease)?;
+            let pause = match &claim {
+                Claim::InProgress(p) => inner.pause(p, until),
+                _ => None,
+            };
+            let Some(pause) = pause else {
+                return Ok(claim);
+            };
+            drop(claim);
+            match pause {
+                Pause::UntilNotified => (&mut listener).await,
+                Pause::AtMost(d) => {
+                    let mut timer = futures_timer::Delay::new(d);
+                    std::future::poll_fn(|cx| {
+                        if Pin::new(&mut listener).poll(cx).is_ready()
+                            || Pin::new(&mut timer).poll(cx).is_ready()
+                        {
+                            Poll::Ready(())
+                        } else {
+                            Poll::Pending
+                        }
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// [`Store::claim_wait`] for threads that may block: the same outcomes, waiting on the
+    /// calling thread.
+    pub fn claim_wait_blocking<K: AsRef<[u8]>>(
+        &self,
+        key: K,
+        options: &ClaimOptions<'_>,
+        max_wait: Duration,
+    ) -> Result<Claim<'_, V>, Error> {
+        let (h, fp, lease) = self.prepare(key.as_ref(), options)?;
+        let inner = &*self.inner;
+        let until = inner.clock.now_nanos().saturating_add(nanos_of(max_wait));
+        loop {
+            let listener = inner.wake_event(&h).listen();
+            let claim = self.claim_hashed(h, fp, lease)?;
+            let pause = match &claim {
+                Claim::InProgress(p) => inner.pause(p, until),
+                _ => None,
+            };
+            match pause {
+                None => return Ok(claim),
+                Some(Pause::UntilNotified) => listener.wait(),
+                Some(Pause::AtMost(d)) => {
+                    let _ = listener.wait_timeout(d);
+                }
+            }
+        }
+    }
+
+    /// Checks a claim's key and options; returns its hash, fingerprint hash and lease.
+    fn prepare(
+        &self,
+        key: &[u8],
+        options: &ClaimOptions<'_>,
+    ) -> Result<(KeyHash, u64, u64), Error> {
         self.check_key(key)?;
         if options.scope.len() > MAX_SCOPE_LEN {
             return Err(Error::InvalidScope {
@@ -325,7 +444,26 @@ impl<V> Store<V> {
             });
         }
         let h = hash_key(self.inner.seed, options.scope, key);
-        self.claim_opts(h, options)
+        let (fp, lease) = self.options(options)?;
+        Ok((h, fp, lease))
+    }
+
+    /// Weighs a value the way [`Guard::complete`] does: its weight, or
+    /// [`Error::ValueTooLarge`] if the store would refuse it (see
+    /// [`Builder::max_value_size`]).
+    pub fn check_value(&self, value: &V) -> Result<usize, Error> {
+        let inner = &*self.inner;
+        let size = match &inner.weigher {
+            Some(weigh) => weigh(value),
+            None => std::mem::size_of::<V>(),
+        };
+        if size > inner.max_value_size {
+            return Err(Error::ValueTooLarge {
+                size,
+                limit: inner.max_value_size,
+            });
+        }
+        Ok(size)
     }
 
     /// Claims a caller's own 128-bit id (a UUID, a message id) directly: no key bytes to check.
@@ -341,7 +479,8 @@ impl<V> Store<V> {
         id: u128,
         options: &ClaimOptions<'_>,
     ) -> Result<Claim<'_, V>, Error> {
-        self.claim_opts(hash_id(self.inner.seed, id), options)
+        let (fp, lease) = self.options(options)?;
+        self.claim_hashed(hash_id(self.inner.seed, id), fp, lease)
     }
 
     /// Claims a batch of keys with the default options, handing each outcome to `each` with
@@ -435,7 +574,8 @@ impl<V> Store<V> {
         }
     }
 
-    fn claim_opts(&self, h: KeyHash, options: &ClaimOptions<'_>) -> Result<Claim<'_, V>, Error> {
+    /// A claim's fingerprint hash and lease.
+    fn options(&self, options: &ClaimOptions<'_>) -> Result<(u64, u64), Error> {
         let lease = match options.lease {
             Some(l) => check_lease(l)?,
             None => self.inner.lease_nanos,
@@ -443,7 +583,7 @@ impl<V> Store<V> {
         let fp = options
             .fingerprint
             .map_or(0, |f| hash_fingerprint(self.inner.seed, f));
-        self.claim_hashed(h, fp, lease)
+        Ok((fp, lease))
     }
 
     #[inline]
@@ -556,11 +696,40 @@ impl<V> Store<V> {
     }
 }
 
+/// How long a waiter pauses before it looks at the key again.
+enum Pause {
+    /// Until an owner completes or releases a key, or the manual clock moves.
+    UntilNotified,
+    /// Until then at the latest: the owner's lease runs out, or the wait's deadline comes.
+    AtMost(Duration),
+}
+
 impl<V> Inner<V> {
     /// The shard of a key.
     #[inline]
     fn cell(&self, h: &KeyHash) -> &CachePadded<ShardCell<V>> {
         &self.shards[h.shard(self.shard_bits)]
+    }
+
+    /// What waiters for a key listen on and its owners notify: the key's shard's event, or
+    /// the manual clock's, which its advances notify too.
+    fn wake_event(&self, h: &KeyHash) -> &Event {
+        self.clock.moved().unwrap_or(&self.cell(h).wake)
+    }
+
+    /// How long a waiter that found its key in progress (`p`) pauses, or `None` if its wait
+    /// (until `until`, ns) is over.
+    fn pause(&self, p: &InProgress, until: u64) -> Option<Pause> {
+        let now = self.clock.now_nanos();
+        if now >= until {
+            return None;
+        }
+        if self.clock.moved().is_some() {
+            return Some(Pause::UntilNotified);
+        }
+        let left = Duration::from_nanos(until - now);
+        // The lease runs out `retry_after` from now; a claim then takes the key over.
+        Some(Pause::AtMost(left.min(p.retry_after)))
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -648,7 +817,15 @@ impl<'a, V> Guard<'a, V> {
     /// Completes the key with the result of the work: duplicates replay `value` for the
     /// store's ttl, counted from now. Err([`Error::LeaseLost`]) if the lease ran out; then
     /// nothing was written.
+    ///
+    /// A value heavier than the store's [`max_value_size`](Builder::max_value_size) gets
+    /// [`Error::ValueTooLarge`]: nothing is stored, and the guard, consumed by the call, releases
+    /// the key as any dropped guard does. Use [`Store::check_value`] first where the work must
+    /// not run again.
     pub fn complete(mut self, value: V) -> Result<(), Error> {
+        if self.store.inner.max_value_size != usize::MAX {
+            self.store.check_value(&value)?;
+        }
         self.active = false;
         let inner = &*self.store.inner;
         let cell = inner.cell(&self.hash);
@@ -685,6 +862,9 @@ impl<'a, V> Guard<'a, V> {
         // earlier of its lease deadline and (claim time + ttl), never after this deadline.
         drop(shard);
         cell.completions.fetch_add(1, Ordering::Relaxed);
+        // After the transition: a waiter that listened before its look either saw the key
+        // completed or gets this notification (whose fence orders it after the CAS).
+        inner.wake_event(&self.hash).notify(usize::MAX);
         Ok(())
     }
 
@@ -711,6 +891,7 @@ impl<'a, V> Guard<'a, V> {
         cell.vacant.fetch_add(1, Ordering::Relaxed);
         drop(shard);
         cell.releases.fetch_add(1, Ordering::Relaxed);
+        inner.wake_event(&self.hash).notify(usize::MAX);
         Ok(())
     }
 

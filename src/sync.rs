@@ -1,9 +1,11 @@
 //! The loom shim: every atomic, lock and cell the engine shares between threads comes from here.
 //!
 //! Built normally, these are `std` atomics, `parking_lot` locks and a thin `UnsafeCell` wrapper.
-//! Built with `RUSTFLAGS="--cfg idemstore_loom"`, they are loom's, so the loom models in
-//! `tests/loom.rs` explore every interleaving of the real engine code, not a copy of it. The cfg
-//! is crate-prefixed because some dependencies react to a plain `cfg(loom)`.
+//! Built with `RUSTFLAGS="--cfg idemstore_loom --cfg loom"`, they are loom's, so the loom models
+//! in `tests/loom.rs` explore every interleaving of the real engine code, not a copy of it. The
+//! crate's own cfg is crate-prefixed so that it is never switched on by accident; the plain
+//! `cfg(loom)` beside it puts `event-listener` (the wake-ups of waiting claims) on loom's
+//! primitives too, through its `loom` feature, which this crate enables under its own cfg.
 
 #[cfg(not(idemstore_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -776,3 +776,74 @@ fn every_error_message_says_what_to_do() {
         assert_eq!(boxed.to_string(), err.to_string());
     }
 }
+
+#[test]
+fn value_over_max_value_size_is_refused_stores_nothing_and_releases_the_key() {
+    let (clock, _hand) = Clock::manual();
+    let store: Store<Vec<u8>> = Store::builder()
+        .seed(11)
+        .clock(clock)
+        .max_value_size(100)
+        .weigher(|v: &Vec<u8>| v.len())
+        .build()
+        .unwrap();
+    assert_eq!(store.check_value(&vec![0; 100]), Ok(100));
+    let big = vec![0; 101];
+    let err = store.check_value(&big).unwrap_err();
+    assert_eq!(
+        err,
+        Error::ValueTooLarge {
+            size: 101,
+            limit: 100
+        }
+    );
+    assert_message(&err, &["101", "100", "max_value_size"]);
+
+    let Claim::Acquired(g) = store.claim("k").unwrap() else {
+        panic!()
+    };
+    let first = g.token();
+    assert_eq!(g.complete(big), Err(err));
+    let after = store.stats();
+    assert_eq!((after.completions, after.releases), (0, 1));
+    // Nothing was stored: the key is free again, as after any dropped guard.
+    match store.claim("k").unwrap() {
+        Claim::Acquired(g) => {
+            assert!(g.token() > first && !g.is_takeover());
+            g.complete(vec![1; 100]).expect("exactly the limit fits");
+        }
+        other => panic!("the key must be free: {other:?}"),
+    }
+    let replayed = match store.claim("k").unwrap() {
+        Claim::Completed(r) => r.value().clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(replayed, vec![1; 100]);
+}
+
+#[test]
+fn default_weigher_is_the_size_of_the_value_type() {
+    let (bounded, _hand) = manual(Store::builder().max_value_size(3));
+    // u32 weighs 4 bytes by default.
+    assert_eq!(
+        bounded.check_value(&1),
+        Err(Error::ValueTooLarge { size: 4, limit: 3 })
+    );
+    let g = acquire(&bounded, "k");
+    assert_eq!(
+        g.complete(1),
+        Err(Error::ValueTooLarge { size: 4, limit: 3 })
+    );
+    let st = bounded.stats();
+    assert_eq!(
+        (st.completions, st.releases),
+        (0, 1),
+        "nothing stored; released"
+    );
+    let g = acquire(&bounded, "k");
+    assert!(!g.is_takeover());
+    // Unbounded by default.
+    let (unbounded, _hand) = store();
+    assert_eq!(unbounded.check_value(&u32::MAX), Ok(4));
+    drop(g);
+}

@@ -1,12 +1,12 @@
 //! Loom models of the real engine's state-word transitions.
 //!
-//! Built only with `RUSTFLAGS="--cfg idemstore_loom"`: then every atomic, `RwLock`, `Arc` and
+//! Built only with `RUSTFLAGS="--cfg idemstore_loom --cfg loom"`: then every atomic, `RwLock`, `Arc` and
 //! `UnsafeCell` the engine uses comes from loom (see `src/sync.rs`), so these models explore the
 //! interleavings of the engine's own code through its public API. Run them with
 //! `scripts/loom.sh`, or:
 //!
 //! ```text
-//! RUSTFLAGS="--cfg idemstore_loom" LOOM_MAX_PREEMPTIONS=2 \
+//! RUSTFLAGS="--cfg idemstore_loom --cfg loom" LOOM_MAX_PREEMPTIONS=2 \
 //!     cargo test --release --test loom --target-dir target/loom
 //! ```
 //!
@@ -24,7 +24,10 @@
 //! 4. ttl expiry plus maintenance races a replay;
 //! 5. owners of two keys in one shard complete together (the read-lock path), with stored
 //!    values and dedup-only;
-//! 6. a rebuild (the shard is full) races another owner's complete.
+//! 6. a rebuild (the shard is full) races another owner's complete;
+//! 7. a duplicate waits (`claim_wait_blocking`) while the owner completes, releases or drops
+//!    its guard;
+//! 8. a duplicate waits while the owner's lease runs out and another thread takes the key over.
 //!
 //! Each model also lists the outcome branches it must reach across the interleavings loom
 //! explores, and fails if one is never reached: loom's search has known blind spots (see
@@ -665,5 +668,145 @@ fn rebuild_races_complete() {
         assert_eq!(store.len(), 2, "the released key was swept by the rebuild");
         let st = store.stats();
         assert_eq!((st.acquired, st.releases, st.completions), (3, 1, 2));
+    });
+}
+
+/// What a waiting duplicate ended with.
+fn wait_for_key(store: &Store<u64>, value: u64) -> Seen {
+    let opts = idemstore::ClaimOptions::new();
+    // Far longer than anything the models advance the clock by: the wait ends on a wake-up.
+    match store
+        .claim_wait_blocking(KEY, &opts, TTL)
+        .expect("claim must not fail")
+    {
+        Claim::Acquired(g) => {
+            let (token, takeover) = (g.token(), g.is_takeover());
+            Seen::Acquired {
+                token,
+                takeover,
+                completed: g.complete(value),
+            }
+        }
+        Claim::InProgress(_) => Seen::InProgress,
+        Claim::Completed(r) => Seen::Completed(*r.value()),
+        Claim::Mismatch(_) => Seen::Mismatch,
+    }
+}
+
+/// Model 7: a duplicate waits for the key while its owner completes or releases it (by
+/// `release`, or by dropping the guard). The waiter registers at any point relative to the
+/// owner's transition; a lost wake-up would leave it parked forever, which loom reports as a
+/// deadlock. It must end with the replay, or with the key acquired after a release.
+fn waiter_races_owner(end: &'static str) {
+    let expect: &[&'static str] = if end == "complete" {
+        &["replayed"]
+    } else {
+        &["acquired"]
+    };
+    model(expect, move |reached| {
+        let (store, _hand) = store();
+        let Claim::Acquired(a) = store.claim(KEY).unwrap() else {
+            panic!("the first claim acquires")
+        };
+        let a_token = a.token();
+        let waiter = {
+            let store = store.clone();
+            thread::spawn(move || wait_for_key(&store, 8))
+        };
+        match end {
+            "complete" => a.complete(7).expect("A's lease is fresh"),
+            "release" => a.release().expect("A's lease is fresh"),
+            _ => drop(a),
+        }
+        match waiter.join().unwrap() {
+            Seen::Completed(7) => reached.note("replayed"),
+            Seen::Acquired {
+                token,
+                takeover: false,
+                completed: Ok(()),
+            } if token > a_token => reached.note("acquired"),
+            other => panic!("the waiter must replay or acquire a released key, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn waiter_races_complete() {
+    waiter_races_owner("complete");
+}
+
+#[test]
+fn waiter_races_release() {
+    waiter_races_owner("release");
+}
+
+#[test]
+fn waiter_races_dropped_guard() {
+    waiter_races_owner("drop");
+}
+
+/// Model 8: a duplicate waits while the owner's lease runs out and a third thread takes the key
+/// over and completes it; the stale owner tries to complete too. The waiter must end with a
+/// replay of whichever result stands, or take the key over itself, and never wait forever.
+#[test]
+fn waiter_races_takeover() {
+    let expect = [
+        "waiter replayed the first owner",
+        "waiter replayed the new owner",
+        "waiter took over",
+    ];
+    model(&expect, |reached| {
+        let (store, hand) = store();
+        let Claim::Acquired(a) = store.claim(KEY).unwrap() else {
+            panic!("the first claim acquires")
+        };
+        let waiter = {
+            let store = store.clone();
+            thread::spawn(move || wait_for_key(&store, 8))
+        };
+        let other = {
+            let store = store.clone();
+            thread::spawn(move || {
+                let _ = store.len();
+                hand.advance(LEASE);
+                claim_and_complete(&store, KEY, 9)
+            })
+        };
+        let a_done = a.complete(7);
+        let w = waiter.join().unwrap();
+        let o = other.join().unwrap();
+        let stands = replay(&store, KEY);
+        match w {
+            Seen::Completed(7) => {
+                assert_eq!(a_done, Ok(()));
+                reached.note("waiter replayed the first owner");
+            }
+            Seen::Completed(9) => {
+                assert!(matches!(
+                    o,
+                    Seen::Acquired {
+                        takeover: true,
+                        completed: Ok(()),
+                        ..
+                    }
+                ));
+                reached.note("waiter replayed the new owner");
+            }
+            Seen::Acquired {
+                takeover: true,
+                completed: Ok(()),
+                ..
+            } => {
+                assert_eq!(stands, 8);
+                reached.note("waiter took over");
+            }
+            other => panic!("unexpected waiter outcome {other:?}"),
+        }
+        if a_done.is_ok() {
+            assert_eq!(stands, 7, "a completion inside the lease stands");
+        } else {
+            assert_eq!(a_done, Err(Error::LeaseLost));
+            assert_ne!(stands, 7, "a stale owner never overwrites");
+        }
     });
 }
