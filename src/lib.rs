@@ -36,6 +36,11 @@
 //!   copied) or [`Claim::Mismatch`] (same key, different payload fingerprint).
 //! - [`Store::claim_batch`] and [`Store::claim_id_batch`] claim many keys in one call, with the
 //!   same outcomes as claiming them one after another, prefetching later keys' table memory.
+//! - [`Store::claim_wait`] (async, any executor) and [`Store::claim_wait_blocking`] let a
+//!   duplicate that finds the key in flight wait, up to a deadline, for the owner to complete or
+//!   release it or for its lease to run out, and then return what a fresh claim returns (the
+//!   replay, or the key acquired). Owners wake waiters on every completion and release; nothing
+//!   polls.
 //! - The guard completes the key, releases it, or extends its lease. Dropping it releases it.
 //! - Every guard operation is fenced: once the lease has run out the guard gets
 //!   [`Error::LeaseLost`] and changes nothing. We chose the strict reading: a lease that has run
@@ -98,6 +103,11 @@
 //! between 0.65 and 0.9: see the README for measured bytes per live entry. [`Store::stats`] says
 //! what the store holds.
 //!
+//! Where values are stored, each completed entry holds one shared allocation of its value. The
+//! byte budget is [`Builder::max_value_size`] (with a [`Builder::weigher`] for values that own
+//! heap memory): a heavier value is refused with [`Error::ValueTooLarge`], so stored values take
+//! at most `max_entries × max_value_size` bytes, plus about 16 bytes of header each.
+//!
 //! # Observability
 //! [`Store::stats`] counts claims by outcome, completions, releases, lease and ttl expiries, and
 //! reports entries held and memory. Two optional features connect the facades (the library never
@@ -112,6 +122,10 @@
 //! shard's lock in write mode (it may insert or take over). Complete, release and extend take it
 //! only in read mode and change the entry with a compare-and-swap on its state word, so owners
 //! of different keys in one shard finish in parallel with each other. See the `state` module.
+//! Each shard has an `event-listener` event that its owners notify after they complete or
+//! release a key; a waiter listens before it looks at the key, so a completion between its look
+//! and its wait still wakes it (the loom models in `tests/loom.rs` check this). On a manual
+//! clock, waiters and owners use the clock's one event instead, which advancing also notifies.
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -139,6 +153,10 @@ mod store;
 mod sync;
 mod table;
 mod wheel;
+
+/// HTTP: a tower layer for the IETF Idempotency-Key draft (feature `http`).
+#[cfg(feature = "http")]
+pub mod http;
 
 pub use builder::{
     Builder, DEFAULT_LEASE, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_KEY_LEN, DEFAULT_TTL, MAX_SHARDS,
