@@ -1,28 +1,40 @@
-//! Claim throughput of a dedup-only `Store<()>` holding 10 million live keys, beside dashmap 6's
-//! `DashMap<u128, u64>` (foldhash) doing `entry(k).or_insert(v)`, on 2 threads.
+//! Claim throughput of a dedup-only `Store<()>` beside the concurrent maps a user would
+//! otherwise hand-roll dedup on — dashmap 6, scc 3, papaya 0.2 and moka 0.12 (each with
+//! foldhash; `u128` keys, `u64` values) — on 2 threads, at 1 million and 10 million live keys.
 //!
 //! ```text
-//! cargo bench --bench claims                                  # 10 million live keys
+//! cargo bench --bench claims                                  # 1 M and 10 M live keys
+//! IDEMSTORE_BENCH_KEYS=10000000 cargo bench --bench claims    # one size (a comma list works)
 //! IDEMSTORE_BENCH_KEYS=200000 cargo bench --bench claims -- --quick   # smoke run
-//! cargo bench --bench claims -- unique                        # one group
+//! cargo bench --bench claims -- unique/                       # one group
+//! IDEMSTORE_BENCH_PEERS=dashmap cargo bench --bench claims    # fewer peers (comma list)
 //! ```
 //!
-//! Groups, each with an `idemstore` and a `dashmap` function, throughput in claims per second:
+//! Groups, throughput in claims per second:
 //! - `unique`: claims of never-seen keys. The guard is `mem::forget`-ten, so only the claim is
 //!   timed: dropping it would release the key, which is extra work a real caller doesn't do (it
 //!   completes instead). A `Guard` owns nothing but a borrow of the store, so forgetting it leaks
-//!   nothing; the entry stays in flight until its 30 s lease runs out.
+//!   nothing; the entry stays in flight until its 30 s lease runs out. Peers: insert-if-absent
+//!   (`entry(k).or_insert(v)`, papaya's `get_or_insert`).
 //! - `duplicate`: claims of keys completed in the store (every one a `Claim::Completed` replay),
-//!   picked at random among the live keys; dashmap does `entry().or_insert()` on present keys.
-//! - `claim_complete`: a claim of a never-seen key and its `complete(())`; dashmap does
-//!   `entry().or_insert()` (it has no second step).
+//!   picked at random among the live keys; peers do a `get` of a present key.
+//! - `claim_complete`: a claim of a never-seen key and its `complete(())`; peers do
+//!   insert-if-absent (they have no second step).
+//! - `hot_keys`: every thread claims the same 16 completed keys over and over (replays, so
+//!   idemstore takes those keys' shard locks in write mode); peers do insert-if-absent of present
+//!   keys (the dedup check), on a map that also holds the N live keys.
+//! - `ttl_churn`: idemstore alone at steady state, claim + complete of new keys on a manual
+//!   clock that moves ttl/N per new key, so keys expire exactly as fast as they arrive and N
+//!   stay live: `ttl-1s` against `ttl-24h` on the same live count, to show the ttl's length
+//!   costs nothing.
 //!
-//! Each group also has `idemstore-batch64`: the same work through `Store::claim_id_batch`, 64
-//! keys per call (each thread's share cut into batches of 64), which prefetches the table memory
-//! of keys a few places ahead while it claims the current one.
+//! `unique`, `duplicate` and `claim_complete` also have `idemstore-batch64`: the same work
+//! through `Store::claim_id_batch`, 64 keys per call (each thread's share cut into batches of
+//! 64), which prefetches the table memory of keys a few places ahead while it claims the
+//! current one.
 //!
-//! Each function fills its structure with N live keys (`IDEMSTORE_BENCH_KEYS`, default 10
-//! million; completed keys for idemstore) when it first runs (so a criterion filter skips the
+//! Each function fills its structure with N live keys (`IDEMSTORE_BENCH_KEYS`, default 1 and
+//! 10 million; completed keys for idemstore) when it first runs (so a criterion filter skips the
 //! fill of what it skips), and drops it when done, so only one structure is in memory at a time.
 //! One criterion iteration is one batch of `IDEMSTORE_BENCH_BATCH` claims (default 200 000, or
 //! N / 10 if smaller) split over 2 threads (`std::thread::scope`; the spawn and join, ~0.1% of a
@@ -39,10 +51,11 @@
 //!
 //! Without `--bench` (`cargo test --benches`), N defaults to 20 000 so the test run is quick.
 //!
-//! The store uses the system clock, as a service would. The 30 s lease deadlines of the filled
-//! keys come due 30 s after the fill; from then on, claims also refile the wheel records of
-//! completed keys (8 per claim at most) until all are refiled. Keep warm-up + measurement time
-//! under ~25 s (default 1 s + 5 s) to measure the store before that wave.
+//! The store uses the system clock, as a service would (`ttl_churn` excepted). The 30 s lease
+//! deadlines of the filled keys come due 30 s after the fill; from then on, claims also refile
+//! the wheel records of completed keys (8 per claim at most) until all are refiled. Keep
+//! warm-up + measurement time under ~25 s (default 1 s + 5 s) to measure the store before that
+//! wave.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,16 +64,17 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use dashmap::DashMap;
-use idemstore::{Claim, Store};
+use idemstore::{Claim, Clock, ManualClock, Store};
 
 const THREADS: usize = 2;
-const DEFAULT_KEYS: u64 = 10_000_000;
+const DEFAULT_KEYS: [u64; 2] = [1_000_000, 10_000_000];
 const DEFAULT_BATCH: u64 = 200_000;
 /// Live keys in test mode (`cargo test --benches`).
 const TEST_KEYS: u64 = 20_000;
+/// Keys every thread hammers in `hot_keys`.
+const HOT_KEYS: u64 = 16;
 
-type Map = DashMap<u128, u64, foldhash::fast::RandomState>;
+type Hasher = foldhash::fast::RandomState;
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -84,27 +98,50 @@ struct Config {
 }
 
 impl Config {
-    fn from_env() -> Self {
+    /// One configuration per live-key count asked for.
+    fn from_env() -> Vec<Self> {
         // `cargo test --benches` runs each function once, without `--bench`: a small store
         // keeps that a quick check that the code runs.
         let bench_mode = std::env::args().any(|a| a == "--bench");
-        let default_keys = if bench_mode { DEFAULT_KEYS } else { TEST_KEYS };
-        let keys = env_num("IDEMSTORE_BENCH_KEYS", default_keys).max(1);
-        // Default: 200 000, or a tenth of the keys for small smoke runs.
-        let batch =
-            env_num("IDEMSTORE_BENCH_BATCH", DEFAULT_BATCH.min(keys / 10)).max(THREADS as u64);
-        let growth: f64 = env_num("IDEMSTORE_BENCH_MAX_GROWTH", 1.0);
-        let max_growth = ((keys as f64 * growth) as u64).max(batch);
-        Self {
-            keys,
-            batch,
-            max_growth,
-        }
+        let sizes: Vec<u64> = match std::env::var("IDEMSTORE_BENCH_KEYS") {
+            Ok(list) => {
+                list.split(',')
+                    .map(|v| {
+                        v.trim().replace('_', "").parse().unwrap_or_else(|_| {
+                            panic!("IDEMSTORE_BENCH_KEYS: {v:?} is not a number")
+                        })
+                    })
+                    .collect()
+            }
+            Err(_) if bench_mode => DEFAULT_KEYS.to_vec(),
+            Err(_) => vec![TEST_KEYS],
+        };
+        sizes
+            .into_iter()
+            .map(|keys| {
+                let keys = keys.max(HOT_KEYS);
+                // Default: 200 000, or a tenth of the keys for small smoke runs.
+                let batch = env_num("IDEMSTORE_BENCH_BATCH", DEFAULT_BATCH.min(keys / 10))
+                    .max(THREADS as u64);
+                let growth: f64 = env_num("IDEMSTORE_BENCH_MAX_GROWTH", 1.0);
+                let max_growth = ((keys as f64 * growth) as u64).max(batch);
+                Self {
+                    keys,
+                    batch,
+                    max_growth,
+                }
+            })
+            .collect()
     }
 }
 
+/// The peers asked for (`IDEMSTORE_BENCH_PEERS`, default all).
+fn wants(peer: &str) -> bool {
+    std::env::var("IDEMSTORE_BENCH_PEERS").map_or(true, |list| list.split(',').any(|p| p == peer))
+}
+
 /// The `i`-th key: distinct for distinct `i` (the low half is a bijection of `i`) and spread
-/// like random ids, so neither structure sees friendly sequential keys. Keys `0..N` are the
+/// like random ids, so no structure sees friendly sequential keys. Keys `0..N` are the
 /// filled ones; new keys come from `N..`.
 #[inline]
 fn key(i: u64) -> u128 {
@@ -161,10 +198,6 @@ fn new_store(cfg: &Config) -> Store<()> {
         .expect("store")
 }
 
-fn new_map(_: &Config) -> Map {
-    DashMap::with_hasher(foldhash::fast::RandomState::default())
-}
-
 /// Claims and completes `keys` on 2 threads.
 fn fill_store(store: &Store<()>, keys: &[u128]) -> Duration {
     run_parallel(keys, |k| match store.claim_id(k).expect("claim") {
@@ -173,10 +206,86 @@ fn fill_store(store: &Store<()>, keys: &[u128]) -> Duration {
     })
 }
 
-fn fill_map(map: &Map, keys: &[u128]) -> Duration {
-    run_parallel(keys, |k| {
-        map.entry(k).or_insert(k as u64);
-    })
+/// A concurrent map used the way a hand-rolled dedup would use it.
+trait Peer: Sync + Sized {
+    const NAME: &'static str;
+    fn new(cfg: &Config) -> Self;
+    /// Inserts `k` unless present; returns the value now under `k`.
+    fn insert_if_absent(&self, k: u128) -> u64;
+    fn get(&self, k: u128) -> Option<u64>;
+    fn len(&self) -> usize;
+
+    fn fill(&self, keys: &[u128]) -> Duration {
+        run_parallel(keys, |k| {
+            self.insert_if_absent(k);
+        })
+    }
+}
+
+impl Peer for dashmap::DashMap<u128, u64, Hasher> {
+    const NAME: &'static str = "dashmap";
+    fn new(_: &Config) -> Self {
+        Self::with_hasher(Hasher::default())
+    }
+    fn insert_if_absent(&self, k: u128) -> u64 {
+        *self.entry(k).or_insert(k as u64)
+    }
+    fn get(&self, k: u128) -> Option<u64> {
+        dashmap::DashMap::get(self, &k).map(|v| *v)
+    }
+    fn len(&self) -> usize {
+        dashmap::DashMap::len(self)
+    }
+}
+
+impl Peer for scc::HashMap<u128, u64, Hasher> {
+    const NAME: &'static str = "scc";
+    fn new(_: &Config) -> Self {
+        Self::with_hasher(Hasher::default())
+    }
+    fn insert_if_absent(&self, k: u128) -> u64 {
+        *self.entry_sync(k).or_insert(k as u64).get()
+    }
+    fn get(&self, k: u128) -> Option<u64> {
+        self.read_sync(&k, |_, v| *v)
+    }
+    fn len(&self) -> usize {
+        scc::HashMap::len(self)
+    }
+}
+
+impl Peer for papaya::HashMap<u128, u64, Hasher> {
+    const NAME: &'static str = "papaya";
+    fn new(_: &Config) -> Self {
+        Self::with_hasher(Hasher::default())
+    }
+    fn insert_if_absent(&self, k: u128) -> u64 {
+        *self.pin().get_or_insert(k, k as u64)
+    }
+    fn get(&self, k: u128) -> Option<u64> {
+        self.pin().get(&k).copied()
+    }
+    fn len(&self) -> usize {
+        papaya::HashMap::len(self)
+    }
+}
+
+impl Peer for moka::sync::Cache<u128, u64, Hasher> {
+    const NAME: &'static str = "moka";
+    fn new(_: &Config) -> Self {
+        // Unbounded, no expiry policy: the cheapest moka there is.
+        moka::sync::Cache::builder().build_with_hasher(Hasher::default())
+    }
+    fn insert_if_absent(&self, k: u128) -> u64 {
+        self.entry(k).or_insert(k as u64).into_value()
+    }
+    fn get(&self, k: u128) -> Option<u64> {
+        moka::sync::Cache::get(self, &k)
+    }
+    fn len(&self) -> usize {
+        self.run_pending_tasks();
+        self.entry_count() as usize
+    }
 }
 
 /// A structure under test with its fill, and the counter of never-seen keys.
@@ -250,11 +359,14 @@ fn present_batch(cfg: &Config, seq: &AtomicU64) -> Vec<u128> {
         .collect()
 }
 
-fn configure<'a>(
-    c: &'a mut Criterion,
-    name: &str,
-    cfg: &Config,
-) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+/// A batch of the [`HOT_KEYS`] first filled keys, round robin.
+fn hot_batch(cfg: &Config) -> Vec<u128> {
+    (0..cfg.batch).map(|i| key(i % HOT_KEYS)).collect()
+}
+
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+fn configure<'a>(c: &'a mut Criterion, name: &str, cfg: &Config) -> Group<'a> {
     let mut g = c.benchmark_group(name);
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
@@ -263,8 +375,6 @@ fn configure<'a>(
         .throughput(Throughput::Elements(cfg.batch));
     g
 }
-
-type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
 /// How the idemstore functions hand keys to the store.
 #[derive(Clone, Copy)]
@@ -308,27 +418,68 @@ fn bench_store(
     });
 }
 
-/// Benchmarks dashmap's `entry(k).or_insert(v)` on `keys` batches.
-fn bench_map(
+/// What a peer does with each key of a batch.
+#[derive(Clone, Copy)]
+enum PeerOp {
+    InsertIfAbsent,
+    /// A `get` of a key that must be present.
+    Get,
+}
+
+/// Benchmarks peer `P` on `keys` batches, if it was asked for.
+fn bench_peer<P: Peer>(
     g: &mut Group<'_>,
     cfg: Config,
-    map: &mut Option<Filled<Map>>,
-    mut keys: impl FnMut(&mut Filled<Map>) -> Vec<u128>,
+    op: PeerOp,
+    mut keys: impl FnMut(&mut Filled<P>) -> Vec<u128>,
 ) {
-    g.bench_function(BenchmarkId::new("dashmap", cfg.keys), |b| {
-        let map = map.get_or_insert_with(|| Filled::new(cfg, "dashmap", new_map, fill_map));
+    if !wants(P::NAME) {
+        return;
+    }
+    let mut map: Option<Filled<P>> = None;
+    g.bench_function(BenchmarkId::new(P::NAME, cfg.keys), |b| {
+        let map = map.get_or_insert_with(|| Filled::new(cfg, P::NAME, P::new, P::fill));
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let keys = keys(map);
                 let m = &map.value;
-                total += run_parallel(&keys, |k| {
-                    black_box(*m.entry(k).or_insert(k as u64));
+                total += run_parallel(&keys, |k| match op {
+                    PeerOp::InsertIfAbsent => {
+                        black_box(m.insert_if_absent(k));
+                    }
+                    PeerOp::Get => {
+                        black_box(m.get(k).expect("a present key"));
+                    }
                 });
             }
             total
         })
     });
+    if let Some(f) = map {
+        eprintln!(
+            "  {}: filled {} times; ended with {} entries",
+            P::NAME,
+            f.fills,
+            f.value.len()
+        );
+    }
+}
+
+/// Runs `bench_peer` for every peer type.
+fn bench_peers(g: &mut Group<'_>, cfg: Config, op: PeerOp, keys: fn(&Config) -> Option<Vec<u128>>) {
+    // `keys` gives the batch, or `None` for the structure's own batch of never-seen keys.
+    macro_rules! peer {
+        ($t:ty) => {
+            bench_peer::<$t>(g, cfg, op, |f: &mut Filled<$t>| {
+                keys(&cfg).unwrap_or_else(|| f.fresh_batch())
+            })
+        };
+    }
+    peer!(dashmap::DashMap<u128, u64, Hasher>);
+    peer!(scc::HashMap<u128, u64, Hasher>);
+    peer!(papaya::HashMap<u128, u64, Hasher>);
+    peer!(moka::sync::Cache<u128, u64, Hasher>);
 }
 
 /// A never-seen key's claim, not completed: forgotten, not dropped, since dropping would
@@ -356,48 +507,6 @@ fn acquired_completed(claim: Claim<'_, ()>) {
     }
 }
 
-/// A group that claims never-seen keys, each handled by `check` (forgotten or completed).
-fn new_keys(c: &mut Criterion, name: &str, check: fn(Claim<'_, ()>)) {
-    let cfg = Config::from_env();
-    let mut g = configure(c, name, &cfg);
-    let mut store = None;
-    for mode in [Mode::Single, Mode::Batched] {
-        bench_store(&mut g, cfg, &mut store, mode, Filled::fresh_batch, check);
-    }
-    report_store(store);
-    let mut map = None;
-    bench_map(&mut g, cfg, &mut map, Filled::fresh_batch);
-    report_map(map);
-    g.finish();
-}
-
-fn unique(c: &mut Criterion) {
-    new_keys(c, "unique", acquired_forgotten);
-}
-
-fn claim_complete(c: &mut Criterion) {
-    new_keys(c, "claim_complete", acquired_completed);
-}
-
-fn duplicate(c: &mut Criterion) {
-    let cfg = Config::from_env();
-    let seq = AtomicU64::new(0);
-    let mut g = configure(c, "duplicate", &cfg);
-    let mut store = None;
-    for mode in [Mode::Single, Mode::Batched] {
-        let keys = |_: &mut Filled<Store<()>>| present_batch(&cfg, &seq);
-        bench_store(&mut g, cfg, &mut store, mode, keys, replayed);
-    }
-    report_store(store);
-    let mut map = None;
-    bench_map(&mut g, cfg, &mut map, |_| present_batch(&cfg, &seq));
-    if let Some(m) = &map {
-        assert_eq!(m.value.len() as u64, cfg.keys, "dashmap took in a new key");
-    }
-    report_map(map);
-    g.finish();
-}
-
 fn report_store(store: Option<Filled<Store<()>>>) {
     if let Some(f) = store {
         let s = f.value.stats();
@@ -413,15 +522,173 @@ fn report_store(store: Option<Filled<Store<()>>>) {
     }
 }
 
-fn report_map(map: Option<Filled<Map>>) {
-    if let Some(f) = map {
-        eprintln!(
-            "  dashmap: filled {} times; ended with {} entries",
-            f.fills,
-            f.value.len()
-        );
+/// Peers' keys for the groups that add new keys: the structure's own fresh batch.
+fn fresh(_: &Config) -> Option<Vec<u128>> {
+    None
+}
+
+/// A group that claims never-seen keys, each handled by `check` (forgotten or completed).
+fn new_keys(c: &mut Criterion, name: &str, check: fn(Claim<'_, ()>)) {
+    for cfg in Config::from_env() {
+        let mut g = configure(c, name, &cfg);
+        let mut store = None;
+        for mode in [Mode::Single, Mode::Batched] {
+            bench_store(&mut g, cfg, &mut store, mode, Filled::fresh_batch, check);
+        }
+        report_store(store);
+        bench_peers(&mut g, cfg, PeerOp::InsertIfAbsent, fresh);
+        g.finish();
     }
 }
 
-criterion_group!(benches, unique, duplicate, claim_complete);
+fn unique(c: &mut Criterion) {
+    new_keys(c, "unique", acquired_forgotten);
+}
+
+fn claim_complete(c: &mut Criterion) {
+    new_keys(c, "claim_complete", acquired_completed);
+}
+
+static PICK: AtomicU64 = AtomicU64::new(0);
+
+fn duplicate(c: &mut Criterion) {
+    for cfg in Config::from_env() {
+        let mut g = configure(c, "duplicate", &cfg);
+        let mut store = None;
+        for mode in [Mode::Single, Mode::Batched] {
+            let keys = |_: &mut Filled<Store<()>>| present_batch(&cfg, &PICK);
+            bench_store(&mut g, cfg, &mut store, mode, keys, replayed);
+        }
+        report_store(store);
+        bench_peers(&mut g, cfg, PeerOp::Get, |cfg| {
+            Some(present_batch(cfg, &PICK))
+        });
+        g.finish();
+    }
+}
+
+fn hot_keys(c: &mut Criterion) {
+    for cfg in Config::from_env() {
+        let mut g = configure(c, "hot_keys", &cfg);
+        let mut store = None;
+        let keys = |_: &mut Filled<Store<()>>| hot_batch(&cfg);
+        bench_store(&mut g, cfg, &mut store, Mode::Single, keys, replayed);
+        report_store(store);
+        bench_peers(&mut g, cfg, PeerOp::InsertIfAbsent, |cfg| {
+            Some(hot_batch(cfg))
+        });
+        g.finish();
+    }
+}
+
+/// A store at steady state on a manual clock: `cfg.keys` live, each new key moving the clock
+/// by ttl / keys, so the oldest key expires as each new one arrives.
+struct Churn {
+    store: Store<()>,
+    hand: ManualClock,
+    /// Clock time per new key, in ns.
+    step: u64,
+    next: u64,
+}
+
+/// Keys a thread claims between two moves of the shared manual clock.
+const CLOCK_CHUNK: usize = 1024;
+
+impl Churn {
+    fn new(cfg: &Config, ttl: Duration) -> Self {
+        let (clock, hand) = Clock::manual();
+        let store = Store::builder()
+            .max_entries(cfg.keys as usize * 2 + 100_000)
+            .ttl(ttl)
+            // As long as the ttl: a thread moves the shared clock by a chunk of keys' worth
+            // (minutes at a 24 h ttl) between another thread's claim and its complete, and a
+            // shorter lease would run out in between.
+            .lease(ttl)
+            .clock(clock)
+            .build()
+            .expect("store");
+        let step = (ttl.as_nanos() / u128::from(cfg.keys)) as u64;
+        let mut churn = Self {
+            store,
+            hand,
+            step: step.max(1),
+            next: 0,
+        };
+        // Two windows of keys: the first fills the store, the second reaches steady state
+        // (every key of the first expired and reclaimed as the second came in).
+        let fill: Vec<u128> = (0..cfg.keys * 2).map(key).collect();
+        let took = churn.run(&fill);
+        eprintln!(
+            "  ttl {ttl:?}: steady state after {} keys in {took:.2?}; {} live",
+            fill.len(),
+            churn.store.len()
+        );
+        churn.next = cfg.keys * 2;
+        churn
+    }
+
+    /// Claims and completes `keys` on 2 threads, moving the clock as they go.
+    fn run(&self, keys: &[u128]) -> Duration {
+        let chunk = keys.len().div_ceil(THREADS);
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for part in keys.chunks(chunk) {
+                s.spawn(move || {
+                    for run in part.chunks(CLOCK_CHUNK) {
+                        self.hand
+                            .advance(Duration::from_nanos(self.step * run.len() as u64));
+                        for &k in run {
+                            acquired_completed(self.store.claim_id(k).expect("claim"));
+                        }
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    }
+}
+
+fn ttl_churn(c: &mut Criterion) {
+    for cfg in Config::from_env() {
+        let mut g = configure(c, "ttl_churn", &cfg);
+        for (name, ttl) in [
+            ("ttl-1s", Duration::from_secs(1)),
+            ("ttl-24h", Duration::from_secs(86_400)),
+        ] {
+            let mut churn = None;
+            g.bench_function(BenchmarkId::new(name, cfg.keys), |b| {
+                let churn = churn.get_or_insert_with(|| Churn::new(&cfg, ttl));
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let lo = churn.next;
+                        churn.next += cfg.batch;
+                        let keys: Vec<u128> = (lo..churn.next).map(key).collect();
+                        total += churn.run(&keys);
+                    }
+                    total
+                })
+            });
+            if let Some(ch) = churn {
+                let s = ch.store.stats();
+                eprintln!(
+                    "  {name}: {} live at the end, {} ttl expiries, {:.1} accounted B/entry",
+                    s.entries,
+                    s.ttl_expiries,
+                    s.memory_bytes as f64 / s.entries.max(1) as f64
+                );
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(
+    benches,
+    unique,
+    duplicate,
+    claim_complete,
+    hot_keys,
+    ttl_churn
+);
 criterion_main!(benches);
