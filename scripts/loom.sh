@@ -9,6 +9,6 @@
 # A separate target dir keeps the loom build from invalidating the normal one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export RUSTFLAGS="${RUSTFLAGS:-} --cfg idemstore_loom --cfg loom"
+export RUSTFLAGS="${RUSTFLAGS:-} --cfg idemstore_loom"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
 exec cargo test --release --test loom --target-dir target/loom "$@"

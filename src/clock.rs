@@ -3,9 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use event_listener::Event;
-
-use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicU64, Event, Ordering};
 
 const NANOS_PER_MS: u64 = 1_000_000;
 

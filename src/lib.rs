@@ -154,6 +154,10 @@ mod sync;
 mod table;
 mod wheel;
 
+/// HTTP: a tower layer for the IETF Idempotency-Key draft (feature `http`).
+#[cfg(feature = "http")]
+pub mod http;
+
 pub use builder::{
     Builder, DEFAULT_LEASE, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_KEY_LEN, DEFAULT_TTL, MAX_SHARDS,
 };

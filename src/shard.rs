@@ -2,11 +2,9 @@
 
 use std::sync::Arc;
 
-use event_listener::Event;
-
 use crate::key::KeyHash;
 use crate::state::{Phase, Word};
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering, RwLock};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Event, Ordering, RwLock};
 use crate::table::{Probe, Table, Whereabouts, MIN_CAPACITY};
 use crate::wheel::Wheel;
 
@@ -30,6 +28,8 @@ pub(crate) struct ShardCell<V> {
     /// Duplicates waiting for an in-flight key of this shard listen here; owners notify it
     /// when they complete or release a key (on a manual clock, the clock's event is used).
     pub(crate) wake: Event,
+    /// Waiters for keys of this shard: owners notify `wake` only when there are some.
+    pub(crate) waiting: AtomicUsize,
 }
 
 /// Counters changed only under the write lock.
@@ -106,6 +106,7 @@ impl<V> ShardCell<V> {
             shortened: AtomicBool::new(false),
             whereabouts,
             wake: Event::new(),
+            waiting: AtomicUsize::new(0),
         }
     }
 }
@@ -143,12 +144,28 @@ impl<V> Shard<V> {
         now: u64,
         lease_deadline: u64,
     ) -> Outcome<V> {
-        let outcome = self.claim_key(cell, h, fingerprint, now, lease_deadline);
-        // Bounded expiry work after the claim's own: the claim sees its key's previous life
-        // (a takeover is reported as one) unless maintenance reclaimed it earlier.
-        if self.wheel.is_due(now) {
-            self.expire(cell, now, CLAIM_EXPIRY_BUDGET);
+        // The claim never makes the wheel due at `now` (its record is later), so testing
+        // first is the same as testing after; the common case, nothing due, then hands the
+        // outcome straight back instead of keeping it across the expiry call.
+        if !self.wheel.is_due(now) {
+            return self.claim_key(cell, h, fingerprint, now, lease_deadline);
         }
+        self.claim_then_expire(cell, h, fingerprint, now, lease_deadline)
+    }
+
+    /// A claim, then bounded expiry work: after the claim's own, so the claim sees its key's
+    /// previous life (a takeover is reported as one) unless maintenance reclaimed it earlier.
+    #[inline(never)]
+    fn claim_then_expire(
+        &mut self,
+        cell: &ShardCell<V>,
+        h: &KeyHash,
+        fingerprint: u64,
+        now: u64,
+        lease_deadline: u64,
+    ) -> Outcome<V> {
+        let outcome = self.claim_key(cell, h, fingerprint, now, lease_deadline);
+        self.expire(cell, now, CLAIM_EXPIRY_BUDGET);
         outcome
     }
 

@@ -8,7 +8,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
-use event_listener::{Event, Listener};
 
 use crate::builder::{Builder, Weigher};
 use crate::clock::{deadline_ms, floor_ms, nanos_of, Clock};
@@ -17,7 +16,9 @@ use crate::key::{hash_fingerprint, hash_id, hash_key, KeyHash};
 use crate::shard::{Outcome, ShardCell};
 use crate::state::{Phase, Word};
 use crate::stats::Stats;
-use crate::sync::{Arc, Ordering};
+#[cfg(not(idemstore_loom))]
+use crate::sync::Listener;
+use crate::sync::{fence, Arc, AtomicUsize, Event, Ordering};
 use crate::table::stores_values;
 
 /// The longest scope accepted by [`ClaimOptions::scope`], in bytes.
@@ -370,6 +371,7 @@ impl<V> Store<V> {
         let (h, fp, lease) = self.prepare(key.as_ref(), options)?;
         let inner = &*self.inner;
         let until = inner.clock.now_nanos().saturating_add(nanos_of(max_wait));
+        let _waiting = Waiting::new(&inner.cell(&h).waiting);
         loop {
             // Listen before looking, so a completion between the look and the wait still
             // wakes this waiter.
@@ -413,6 +415,7 @@ impl<V> Store<V> {
         let (h, fp, lease) = self.prepare(key.as_ref(), options)?;
         let inner = &*self.inner;
         let until = inner.clock.now_nanos().saturating_add(nanos_of(max_wait));
+        let _waiting = Waiting::new(&inner.cell(&h).waiting);
         loop {
             let listener = inner.wake_event(&h).listen();
             let claim = self.claim_hashed(h, fp, lease)?;
@@ -696,6 +699,27 @@ impl<V> Store<V> {
     }
 }
 
+/// A waiter's place in its shard's `waiting` count, for as long as it waits (also when its
+/// future is dropped).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `Inner::wake`: this count is visible to an owner that
+        // transitions after this fence, and a transition before it is visible to the look that
+        // follows.
+        fence(Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How long a waiter pauses before it looks at the key again.
 enum Pause {
     /// Until an owner completes or releases a key, or the manual clock moves.
@@ -715,6 +739,20 @@ impl<V> Inner<V> {
     /// the manual clock's, which its advances notify too.
     fn wake_event(&self, h: &KeyHash) -> &Event {
         self.clock.moved().unwrap_or(&self.cell(h).wake)
+    }
+
+    /// Wakes the waiters of `h`'s shard, after an owner's transition of a key there.
+    ///
+    /// Waiters announce themselves in the shard's `waiting` count before they listen and look
+    /// at their key; this fence and theirs (see [`Waiting::new`]) order the two sides, so either
+    /// the owner sees the count and notifies, or the waiter's look sees the transition. With
+    /// nobody waiting, a completion costs the fence and one load, not the event's lock.
+    #[inline]
+    fn wake(&self, h: &KeyHash) {
+        fence(Ordering::SeqCst);
+        if self.cell(h).waiting.load(Ordering::Relaxed) > 0 {
+            self.wake_event(h).notify(usize::MAX);
+        }
     }
 
     /// How long a waiter that found its key in progress (`p`) pauses, or `None` if its wait
@@ -862,9 +900,7 @@ impl<'a, V> Guard<'a, V> {
         // earlier of its lease deadline and (claim time + ttl), never after this deadline.
         drop(shard);
         cell.completions.fetch_add(1, Ordering::Relaxed);
-        // After the transition: a waiter that listened before its look either saw the key
-        // completed or gets this notification (whose fence orders it after the CAS).
-        inner.wake_event(&self.hash).notify(usize::MAX);
+        inner.wake(&self.hash);
         Ok(())
     }
 
@@ -891,7 +927,7 @@ impl<'a, V> Guard<'a, V> {
         cell.vacant.fetch_add(1, Ordering::Relaxed);
         drop(shard);
         cell.releases.fetch_add(1, Ordering::Relaxed);
-        inner.wake_event(&self.hash).notify(usize::MAX);
+        inner.wake(&self.hash);
         Ok(())
     }
 

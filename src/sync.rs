@@ -1,17 +1,22 @@
 //! The loom shim: every atomic, lock and cell the engine shares between threads comes from here.
 //!
 //! Built normally, these are `std` atomics, `parking_lot` locks and a thin `UnsafeCell` wrapper.
-//! Built with `RUSTFLAGS="--cfg idemstore_loom --cfg loom"`, they are loom's, so the loom models
-//! in `tests/loom.rs` explore every interleaving of the real engine code, not a copy of it. The
-//! crate's own cfg is crate-prefixed so that it is never switched on by accident; the plain
-//! `cfg(loom)` beside it puts `event-listener` (the wake-ups of waiting claims) on loom's
-//! primitives too, through its `loom` feature, which this crate enables under its own cfg.
+//! Built with `RUSTFLAGS="--cfg idemstore_loom"`, they are loom's, so the loom models in
+//! `tests/loom.rs` explore every interleaving of the real engine code, not a copy of it. The cfg
+//! is crate-prefixed because some dependencies (tokio, among the dev-dependencies) react to a
+//! plain `cfg(loom)`.
+//!
+//! The wake-ups of waiting claims use `event-listener`'s `Event`; under loom, [`Event`] is a
+//! small stand-in with the same protocol (listen, then look, then wait; notify after the
+//! transition) on loom's mutex and condition variable, so the models check the engine's side
+//! of that protocol: the waiting count, its fences, and listening before looking.
+//! (`event-listener` checks its own side with loom models of its own.)
 
 #[cfg(not(idemstore_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(idemstore_loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(idemstore_loom))]
 pub(crate) use std::sync::Arc;
@@ -102,5 +107,75 @@ impl<T> UnsafeCell<T> {
     pub(crate) fn get_mut(&mut self) -> &mut T {
         // SAFETY: `&mut self` proves no other reference to the cell exists.
         self.0.with_mut(|p| unsafe { &mut *p })
+    }
+}
+
+#[cfg(not(idemstore_loom))]
+pub(crate) use event_listener::{Event, Listener};
+
+/// Loom's stand-in for `event_listener::Event`: a notification counter under a mutex, and a
+/// condition variable. A listener remembers the count when it was made and waits until the
+/// count moves, so a notification between `listen` and `wait` is never lost.
+#[cfg(idemstore_loom)]
+#[derive(Debug)]
+pub(crate) struct Event {
+    notifications: loom::sync::Mutex<u64>,
+    moved: loom::sync::Condvar,
+}
+
+#[cfg(idemstore_loom)]
+impl Event {
+    pub(crate) fn new() -> Self {
+        Self {
+            notifications: loom::sync::Mutex::new(0),
+            moved: loom::sync::Condvar::new(),
+        }
+    }
+
+    pub(crate) fn listen(&self) -> EventListener<'_> {
+        let seen = *self.notifications.lock().unwrap();
+        EventListener { event: self, seen }
+    }
+
+    pub(crate) fn notify(&self, _: usize) {
+        *self.notifications.lock().unwrap() += 1;
+        self.moved.notify_all();
+    }
+}
+
+/// A listener of the loom stand-in [`Event`].
+#[cfg(idemstore_loom)]
+#[derive(Debug)]
+pub(crate) struct EventListener<'a> {
+    event: &'a Event,
+    seen: u64,
+}
+
+#[cfg(idemstore_loom)]
+impl EventListener<'_> {
+    pub(crate) fn wait(self) {
+        let mut n = self.event.notifications.lock().unwrap();
+        while *n == self.seen {
+            n = self.event.moved.wait(n).unwrap();
+        }
+    }
+
+    /// Loom has no timeouts; the models wait on manual clocks, which never take this path.
+    pub(crate) fn wait_timeout(self, _: std::time::Duration) -> Option<()> {
+        self.wait();
+        Some(())
+    }
+}
+
+/// Async waits are not modelled; ready once notified (no waker is registered).
+#[cfg(idemstore_loom)]
+impl std::future::Future for EventListener<'_> {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if *self.event.notifications.lock().unwrap() != self.seen {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 }

@@ -1,12 +1,12 @@
 //! Loom models of the real engine's state-word transitions.
 //!
-//! Built only with `RUSTFLAGS="--cfg idemstore_loom --cfg loom"`: then every atomic, `RwLock`, `Arc` and
+//! Built only with `RUSTFLAGS="--cfg idemstore_loom"`: then every atomic, `RwLock`, `Arc` and
 //! `UnsafeCell` the engine uses comes from loom (see `src/sync.rs`), so these models explore the
 //! interleavings of the engine's own code through its public API. Run them with
 //! `scripts/loom.sh`, or:
 //!
 //! ```text
-//! RUSTFLAGS="--cfg idemstore_loom --cfg loom" LOOM_MAX_PREEMPTIONS=2 \
+//! RUSTFLAGS="--cfg idemstore_loom" LOOM_MAX_PREEMPTIONS=2 \
 //!     cargo test --release --test loom --target-dir target/loom
 //! ```
 //!
