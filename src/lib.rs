@@ -146,6 +146,7 @@ mod builder;
 mod clock;
 mod error;
 mod key;
+mod pages;
 mod shard;
 mod state;
 mod stats;

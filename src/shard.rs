@@ -86,8 +86,8 @@ pub(crate) enum Outcome<V> {
 }
 
 impl<V> ShardCell<V> {
-    pub(crate) fn new(bound: usize, ttl: u64, capacity: usize, now: u64) -> Self {
-        let table = Table::with_capacity(capacity.min(max_capacity(bound)));
+    pub(crate) fn new(bound: usize, ttl: u64, capacity: usize, now: u64, huge: bool) -> Self {
+        let table = Table::new(capacity.min(max_capacity(bound)), huge);
         let whereabouts = Whereabouts::default();
         whereabouts.update(&table);
         Self {

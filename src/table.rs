@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use crate::key::KeyHash;
+use crate::pages::ZeroedArray;
 use crate::state::{StateWord, Word};
 use crate::sync::{Ordering, UnsafeCell};
 
@@ -82,8 +83,10 @@ impl Whereabouts {
         use std::sync::atomic::Ordering::Relaxed;
         // Relaxed: a reader that sees a mix of old and new values prefetches the wrong lines,
         // which is harmless.
-        self.tags.store(table.tags.as_ptr().cast_mut(), Relaxed);
-        self.slots.store(table.slots.as_ptr().cast_mut(), Relaxed);
+        self.tags
+            .store(table.mem.tags().as_ptr().cast_mut(), Relaxed);
+        self.slots
+            .store(table.mem.slots().as_ptr().cast_mut(), Relaxed);
         self.groups.store(table.groups, Relaxed);
     }
 
@@ -105,20 +108,109 @@ pub(crate) struct Slot {
     pub(crate) word: StateWord,
 }
 
-/// `cap` empty slots. An empty slot is all zero bits, so outside loom the allocator's zeroed
-/// memory is used as is: a large table comes straight from fresh zero pages, with no pass that
-/// writes it.
-fn empty_slots(cap: usize) -> Box<[Slot]> {
-    #[cfg(not(idemstore_loom))]
-    {
-        let zeroed = Box::<[Slot]>::new_zeroed_slice(cap);
-        // SAFETY: `Slot` is two `u64`s and an `AtomicU64` (inside `StateWord`); all-zero bytes
-        // are a valid value of each, and zero is `Slot::empty()`'s encoding (hash 0, word
+/// A table's tags and slots, in one allocation: the tags first, then the slots from the next
+/// 64-byte boundary. Outside loom it is zero-filled memory used as is (on huge pages where
+/// offered, see `pages`): a large table comes straight from fresh zero pages, with no pass that
+/// writes it, and a claim's two random accesses (tag group, then slots) share the TLB reach of
+/// one mapping.
+#[cfg(not(idemstore_loom))]
+#[derive(Debug)]
+struct Memory {
+    lines: ZeroedArray<Line>,
+    cap: usize,
+}
+
+/// A cache line of table memory.
+#[cfg(not(idemstore_loom))]
+#[derive(Debug)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+#[cfg(not(idemstore_loom))]
+impl Memory {
+    /// `cap` `EMPTY` tags and `cap` empty slots, on huge pages if `huge` (and large enough).
+    fn new(cap: usize, huge: bool) -> Self {
+        const _: () = assert!(EMPTY == 0 && std::mem::align_of::<Slot>() <= 64);
+        let lines = Self::tag_lines(cap) + (cap * std::mem::size_of::<Slot>()).div_ceil(64);
+        // SAFETY: a `Line` is bytes, and the memory is only ever read as tag bytes and as
+        // `Slot`s, for which all-zero bytes are valid too: `Slot` is two `u64`s and an
+        // `AtomicU64` (inside `StateWord`), and zero is `Slot::empty()`'s encoding (hash 0, word
         // Vacant/token 0/deadline 0), checked by `empty_slot_is_all_zero` below.
-        unsafe { zeroed.assume_init() }
+        let lines = unsafe { ZeroedArray::new(lines, huge) };
+        Self { lines, cap }
     }
-    #[cfg(idemstore_loom)]
-    (0..cap).map(|_| Slot::empty()).collect()
+
+    fn tag_lines(cap: usize) -> usize {
+        cap.div_ceil(64)
+    }
+
+    #[inline]
+    fn tags(&self) -> &[u8] {
+        // SAFETY: the first `tag_lines(cap)` lines hold `cap` tag bytes.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.cap) }
+    }
+
+    #[inline]
+    fn tags_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `tags`; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.cap) }
+    }
+
+    #[inline]
+    fn slots(&self) -> &[Slot] {
+        // SAFETY: the lines after the tags hold `cap` slots, 64-byte aligned (more than a
+        // `Slot` needs), initialized (zero, or written since).
+        unsafe {
+            let start = self.lines.as_ptr().add(Self::tag_lines(self.cap));
+            std::slice::from_raw_parts(start.cast::<Slot>(), self.cap)
+        }
+    }
+
+    #[inline]
+    fn slots_mut(&mut self) -> &mut [Slot] {
+        // SAFETY: as in `slots`; `&mut self` makes the access exclusive.
+        unsafe {
+            let start = self.lines.as_mut_ptr().add(Self::tag_lines(self.cap));
+            std::slice::from_raw_parts_mut(start.cast::<Slot>(), self.cap)
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.lines.len() * 64
+    }
+}
+
+/// Under loom (whose atomics are not plain memory): two boxed arrays.
+#[cfg(idemstore_loom)]
+#[derive(Debug)]
+struct Memory {
+    tags: Box<[u8]>,
+    slots: Box<[Slot]>,
+}
+
+#[cfg(idemstore_loom)]
+impl Memory {
+    fn new(cap: usize, _huge: bool) -> Self {
+        Self {
+            tags: vec![EMPTY; cap].into_boxed_slice(),
+            slots: (0..cap).map(|_| Slot::empty()).collect(),
+        }
+    }
+    fn tags(&self) -> &[u8] {
+        &self.tags
+    }
+    fn tags_mut(&mut self) -> &mut [u8] {
+        &mut self.tags
+    }
+    fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+    fn slots_mut(&mut self) -> &mut [Slot] {
+        &mut self.slots
+    }
+    fn bytes(&self) -> usize {
+        self.tags.len() * (1 + std::mem::size_of::<Slot>())
+    }
 }
 
 impl Slot {
@@ -158,8 +250,9 @@ pub(crate) enum Probe {
 /// The table of one shard.
 #[derive(Debug)]
 pub(crate) struct Table<V> {
-    tags: Box<[u8]>,
-    slots: Box<[Slot]>,
+    mem: Memory,
+    /// Whether this table's memory (and its successors') asks for huge pages.
+    huge: bool,
     /// Empty for zero-sized `V`: dedup-only stores pay nothing for values.
     values: Box<[ValueCell<V>]>,
     /// Payload fingerprints (0 = none); allocated on the shard's first fingerprinted claim.
@@ -178,8 +271,15 @@ pub(crate) const fn stores_values<V>() -> bool {
 }
 
 impl<V> Table<V> {
-    /// A table of at least `capacity` slots (rounded up to whole groups).
+    /// A table of at least `capacity` slots (rounded up to whole groups), on huge pages.
+    #[cfg(test)]
     pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self::new(capacity, true)
+    }
+
+    /// A table of at least `capacity` slots (rounded up to whole groups), on huge pages if
+    /// `huge` (see `Builder::huge_pages`).
+    pub(crate) fn new(capacity: usize, huge: bool) -> Self {
         let groups = capacity.max(MIN_CAPACITY).div_ceil(GROUP);
         let cap = groups * GROUP;
         let values = if stores_values::<V>() {
@@ -188,8 +288,8 @@ impl<V> Table<V> {
             Box::default()
         };
         Self {
-            tags: vec![EMPTY; cap].into_boxed_slice(),
-            slots: empty_slots(cap),
+            mem: Memory::new(cap, huge),
+            huge,
             values,
             fingerprints: None,
             groups,
@@ -202,7 +302,7 @@ impl<V> Table<V> {
 
     #[inline]
     pub(crate) fn capacity(&self) -> usize {
-        self.tags.len()
+        self.mem.tags().len()
     }
 
     /// Entries held (in any phase, expired or not).
@@ -219,26 +319,26 @@ impl<V> Table<V> {
 
     #[inline]
     pub(crate) fn is_occupied(&self, i: usize) -> bool {
-        self.tags[i] >= crate::key::FIRST_TAG
+        self.mem.tags()[i] >= crate::key::FIRST_TAG
     }
 
     #[inline]
     pub(crate) fn slot(&self, i: usize) -> &Slot {
-        &self.slots[i]
+        &self.mem.slots()[i]
     }
 
     /// The word of slot `i`; call only with the write lock held, or accept a racing guard's
     /// transition.
     #[inline]
     pub(crate) fn word(&self, i: usize) -> Word {
-        self.slots[i].word.load(Ordering::Relaxed)
+        self.mem.slots()[i].word.load(Ordering::Relaxed)
     }
 
     #[inline]
     fn group_tags(&self, g: usize) -> u64 {
         let base = g * GROUP;
         let mut b = [0u8; GROUP];
-        b.copy_from_slice(&self.tags[base..base + GROUP]);
+        b.copy_from_slice(&self.mem.tags()[base..base + GROUP]);
         u64::from_le_bytes(b)
     }
 
@@ -250,7 +350,7 @@ impl<V> Table<V> {
         // The tags say which slot to read, but waiting for them before touching the slots makes
         // two cache misses in a row. Most keys sit in their home group, so fetch its slots now,
         // in parallel with the tag load.
-        prefetch_group(self.slots[g * GROUP..].as_ptr());
+        prefetch_group(self.mem.slots()[g * GROUP..].as_ptr());
         let mut free = usize::MAX;
         let mut left = self.groups;
         loop {
@@ -258,7 +358,7 @@ impl<V> Table<V> {
             let mut hits = match_byte(tags, tag);
             while hits != 0 {
                 let i = g * GROUP + (hits.trailing_zeros() / 8) as usize;
-                let s = &self.slots[i];
+                let s = &self.mem.slots()[i];
                 if s.hi == h.hi && s.lo == h.lo {
                     return Probe::Found(i);
                 }
@@ -303,11 +403,11 @@ impl<V> Table<V> {
     #[inline]
     pub(crate) fn insert_at(&mut self, pos: usize, h: &KeyHash, word: Word, fingerprint: u64) {
         debug_assert!(!self.is_occupied(pos));
-        if self.tags[pos] == DELETED {
+        if self.mem.tags()[pos] == DELETED {
             self.deleted -= 1;
         }
-        self.tags[pos] = h.tag();
-        let s = &mut self.slots[pos];
+        self.mem.tags_mut()[pos] = h.tag();
+        let s = &mut self.mem.slots_mut()[pos];
         s.hi = h.hi;
         s.lo = h.lo;
         s.word.store_exclusive(word);
@@ -322,9 +422,9 @@ impl<V> Table<V> {
         // probe ever passed through it: the slot can go back to EMPTY instead of a tombstone.
         let g = i / GROUP;
         if zero_bytes(self.group_tags(g)) != 0 {
-            self.tags[i] = EMPTY;
+            self.mem.tags_mut()[i] = EMPTY;
         } else {
-            self.tags[i] = DELETED;
+            self.mem.tags_mut()[i] = DELETED;
             self.deleted += 1;
         }
         self.occupied -= 1;
@@ -388,7 +488,7 @@ impl<V> Table<V> {
         capacity: usize,
         mut keep: impl FnMut(Word) -> bool,
     ) -> (Table<V>, Vec<u32>) {
-        let mut next = Table::with_capacity(capacity);
+        let mut next = Table::new(capacity, self.huge);
         let mut moved = vec![MOVED_NOWHERE; self.capacity()];
         for (i, to) in moved.iter_mut().enumerate() {
             if !self.is_occupied(i) {
@@ -398,7 +498,7 @@ impl<V> Table<V> {
             if !keep(w) {
                 continue;
             }
-            let s = &self.slots[i];
+            let s = &self.mem.slots()[i];
             let h = KeyHash { hi: s.hi, lo: s.lo };
             let pos = next.free_slot_for_new(&h);
             next.insert_at(pos, &h, w, self.fingerprint(i));
@@ -431,8 +531,7 @@ impl<V> Table<V> {
 
     /// Bytes this table holds on the heap (tags, slots, values, fingerprints).
     pub(crate) fn heap_bytes(&self) -> usize {
-        let cap = self.capacity();
-        cap * (1 + std::mem::size_of::<Slot>())
+        self.mem.bytes()
             + self.values.len() * std::mem::size_of::<ValueCell<V>>()
             + self.fingerprints.as_ref().map_or(0, |f| f.len() * 8)
     }
@@ -477,7 +576,7 @@ mod tests {
         );
         assert_eq!(format!("{:?}", Word::new(Phase::Vacant, 0, 0)), "Word(0)");
         let t: Table<()> = Table::with_capacity(64);
-        assert!(t.slots.iter().all(|s| s.hi == 0 && s.lo == 0));
+        assert!(t.mem.slots().iter().all(|s| s.hi == 0 && s.lo == 0));
     }
 
     #[test]
@@ -553,6 +652,11 @@ mod tests {
         let t: Table<()> = Table::with_capacity(1000);
         assert_eq!(t.values.len(), 0);
         assert!(t.fingerprints.is_none());
-        assert_eq!(t.heap_bytes(), t.capacity() * 25);
+        // A tag byte and a 24-byte slot per slot, each array rounded up to whole cache lines.
+        let cap = t.capacity();
+        assert_eq!(
+            t.heap_bytes(),
+            cap.div_ceil(64) * 64 + (cap * 24).div_ceil(64) * 64
+        );
     }
 }
