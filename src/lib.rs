@@ -123,9 +123,10 @@
 //! only in read mode and change the entry with a compare-and-swap on its state word, so owners
 //! of different keys in one shard finish in parallel with each other. See the `state` module.
 //! Each shard has an `event-listener` event that its owners notify after they complete or
-//! release a key; a waiter listens before it looks at the key, so a completion between its look
-//! and its wait still wakes it (the loom models in `tests/loom.rs` check this). On a manual
-//! clock, waiters and owners use the clock's one event instead, which advancing also notifies.
+//! release a key, when the shard's count of waiters says someone waits; a waiter counts itself
+//! and listens before it looks at the key, so a completion between its look and its wait still
+//! wakes it (the loom models in `tests/loom.rs` check this). On a manual clock, waiters and
+//! owners use the clock's one event instead, which advancing also notifies.
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -18,7 +18,7 @@ use crate::state::{Phase, Word};
 use crate::stats::Stats;
 #[cfg(not(idemstore_loom))]
 use crate::sync::Listener;
-use crate::sync::{fence, Arc, AtomicUsize, Event, Ordering};
+use crate::sync::{Arc, AtomicUsize, Event, Ordering};
 use crate::table::stores_values;
 
 /// The longest scope accepted by [`ClaimOptions::scope`], in bytes.
@@ -705,11 +705,8 @@ struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
     fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        // Pairs with the fence in `Inner::wake`: this count is visible to an owner that
-        // transitions after this fence, and a transition before it is visible to the look that
-        // follows.
-        fence(Ordering::SeqCst);
+        // Before the waiter's first look, whose shard lock orders it (see `Inner::wake`).
+        count.fetch_add(1, Ordering::Relaxed);
         Self(count)
     }
 }
@@ -744,12 +741,14 @@ impl<V> Inner<V> {
     /// Wakes the waiters of `h`'s shard, after an owner's transition of a key there.
     ///
     /// Waiters announce themselves in the shard's `waiting` count before they listen and look
-    /// at their key; this fence and theirs (see [`Waiting::new`]) order the two sides, so either
-    /// the owner sees the count and notifies, or the waiter's look sees the transition. With
-    /// nobody waiting, a completion costs the fence and one load, not the event's lock.
+    /// at their key, and the look is a claim under the shard's write lock; the owner made its
+    /// transition under the read lock, and loads the count after it. The lock orders the two
+    /// sections: if the waiter's look came first, its increment happens before the owner's
+    /// read lock, so this load sees it and the owner notifies; if the owner's transition came
+    /// first, the look sees it. So the count needs no ordering of its own, and with nobody
+    /// waiting a completion costs one plain load, not the event's lock.
     #[inline]
     fn wake(&self, h: &KeyHash) {
-        fence(Ordering::SeqCst);
         if self.cell(h).waiting.load(Ordering::Relaxed) > 0 {
             self.wake_event(h).notify(usize::MAX);
         }

@@ -9,14 +9,14 @@
 //! The wake-ups of waiting claims use `event-listener`'s `Event`; under loom, [`Event`] is a
 //! small stand-in with the same protocol (listen, then look, then wait; notify after the
 //! transition) on loom's mutex and condition variable, so the models check the engine's side
-//! of that protocol: the waiting count, its fences, and listening before looking.
+//! of that protocol: the waiting count, and listening before looking.
 //! (`event-listener` checks its own side with loom models of its own.)
 
 #[cfg(not(idemstore_loom))]
-pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(idemstore_loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(idemstore_loom))]
 pub(crate) use std::sync::Arc;
