@@ -116,7 +116,8 @@ impl Ledger {
 }
 
 /// The idempotency store the example uses: keys live 24 h after completion, an in-flight
-/// charge holds its key for 30 s, and stored responses weigh at most 64 KiB each.
+/// charge holds its key on a 30 s lease (which the layer's heartbeat renews while the charge
+/// runs), and stored responses weigh at most 64 KiB each.
 pub fn store() -> Store<CachedResponse> {
     Store::builder()
         .ttl(Duration::from_secs(24 * 3600))
@@ -212,7 +213,8 @@ async fn docs() -> &'static str {
      printable ASCII characters (a UUID is best), unique per payment. Retry a request with the \
      same key and the same body: it runs once, and retries get its response again, marked \
      Idempotent-Replayed: true. Keys are scoped per merchant (x-tenant-id) and live 24 hours \
-     after the payment completes; a payment still running holds its key for up to 30 seconds. \
+     after the payment completes; a payment still running holds its key while it runs, and for \
+     up to 30 seconds after the server stops working on it. \
      Errors: 400 missing or malformed key, 409 a request with this key is still running, 422 \
      the key was used with a different request, 413 body over 16 KiB, 503 retry later.\n"
 }

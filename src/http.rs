@@ -41,9 +41,11 @@
 //! 2. The `Idempotency-Key` header is read and checked (format below). Missing: `400`, or the
 //!    request passes through untouched if the key is optional
 //!    ([`IdempotencyLayer::key_required`](crate::http::IdempotencyLayer::key_required)). Malformed, or sent more than once: `400`.
-//! 3. The request body is read, up to [`IdempotencyLayer::max_request_body`](crate::http::IdempotencyLayer::max_request_body) (`413` beyond it;
+//! 3. The key's scope is computed from the request head (`414` for a path too long to be part
+//!    of it, `500` if the layer is misconfigured), before anything else is done.
+//! 4. The request body is read, up to [`IdempotencyLayer::max_request_body`](crate::http::IdempotencyLayer::max_request_body) (`413` beyond it;
 //!    the handler does not run and no key is claimed).
-//! 4. The key is claimed in its scope, with the request's fingerprint:
+//! 5. The key is claimed in its scope, with the request's fingerprint:
 //!    - new key: the handler runs, with a request carrying the same bytes;
 //!    - completed key, same fingerprint: the stored response is replayed; the handler does not
 //!      run;
@@ -52,8 +54,9 @@
 //!      duplicate waits for the first request to finish and gets its response (`409` if it is
 //!      still running when the wait runs out);
 //!    - store full: `503` with `Retry-After`; the handler does not run (fail closed).
-//! 5. The handler's response is stored, or the key is released (see below), and the response
-//!    goes to the client.
+//! 6. While the handler runs and its response body is read, a heartbeat renews the key's lease
+//!    (see the expiry policy). The handler's response is stored, or the key is released (see
+//!    below), and the response goes to the client.
 //!
 //! # Key format
 //! The draft makes `Idempotency-Key` an RFC 8941 Item whose value is a String
@@ -66,20 +69,33 @@
 //! The key is the unquoted content, so `"abc"` and `abc` are the same key. It must be 1 to
 //! [`MAX_KEY_LEN`](crate::http::MAX_KEY_LEN) (255) bytes, and no longer than the store's `max_key_len`. A request with
 //! more than one `Idempotency-Key` field gets `400` (the draft: clients MUST NOT send more
-//! than one). UUIDs (v4, or v7) make good keys.
+//! than one). UUIDs (v4, or v7) make good keys. (With
+//! [`IdempotencyLayer::header_name`](crate::http::IdempotencyLayer::header_name), all of this
+//! applies to the header named there instead.)
 //!
 //! # Scope and fingerprint
-//! A key lives in a **scope**: the method, the path (as the layer sees it: a layer inside a
-//! nested router sees the path without the nest's prefix) and whatever
+//! A key lives in a **scope**: the method, the path (as the layer sees it) and whatever
 //! [`IdempotencyLayer::scope`](crate::http::IdempotencyLayer::scope) returns for the request, typically the authenticated principal or
-//! tenant. Equal keys in different scopes are different keys, so two tenants' keys never meet
-//! and one tenant can never be replayed another's response. **Set a scope whenever more than one
-//! principal uses the service**: replays include the original response's headers and body.
+//! tenant. Equal keys in different scopes are different keys: a request that reuses a key with
+//! another method or path is a new request, and runs; two tenants' keys never meet, and one
+//! tenant can never be replayed another's response.
 //!
-//! The **fingerprint** of a request is its method, path, query, the values of the headers named
-//! with [`IdempotencyLayer::fingerprint_header`](crate::http::IdempotencyLayer::fingerprint_header) (none by default) and its body bytes. The store
-//! keeps a 64-bit hash of it with the key; a request that reuses a known key (in flight or
-//! completed) with a different fingerprint gets `422`.
+//! **Set a scope whenever more than one principal uses the service.** Without one, the scope
+//! is the method and path alone: two callers that happen to send the same key to the same
+//! endpoint share it, and the second gets the first one's response replayed, headers and
+//! body included.
+//!
+//! **Nested routers**: axum's `Router::nest` strips the nest's prefix from the path that
+//! services inside it see, so a layer applied inside two nests that share a store sees
+//! `/orders` for both `/v1/orders` and `/v2/orders`, and their keys collide. Apply the layer
+//! outside `nest` (it then sees the whole path), or add the prefix in `scope`.
+//!
+//! The **fingerprint** of a request is its query string, the values of the headers named with
+//! [`IdempotencyLayer::fingerprint_header`](crate::http::IdempotencyLayer::fingerprint_header)
+//! (none by default) and its body bytes; method and path need not be part of it, since they
+//! are part of the scope. The store keeps a 64-bit hash of it with the key; a request that
+//! reuses a known key (in flight or completed) in the same scope with a different fingerprint
+//! gets `422`.
 //!
 //! # What is stored
 //! | handler response | the key | a duplicate gets |
@@ -88,19 +104,27 @@
 //! | 5xx (unless [`IdempotencyLayer::store_server_errors`](crate::http::IdempotencyLayer::store_server_errors)) | released | a fresh run |
 //! | 408, 429 | released | a fresh run |
 //! | a response larger than [`max_response_body`](crate::http::IdempotencyLayer::max_response_body) or the store's `max_value_size` | completed as [`CachedResponse::NotReplayable`](crate::http::CachedResponse::NotReplayable) | `409`, `code` `response_not_replayable` |
-//! | the handler's service returned an error, or its response body failed | released | a fresh run |
-//! | the handler panicked, or the client went away (the response future was dropped) | released | a fresh run |
+//! | a response that would be stored, whose body then failed, or whose client went away while the body was read | completed as [`CachedResponse::NotReplayable`](crate::http::CachedResponse::NotReplayable) | `409`, `code` `response_not_replayable` |
+//! | the handler's service returned an error | released | a fresh run |
+//! | the handler panicked, or the client went away before the handler answered (the response future was dropped) | released | a fresh run |
 //!
 //! 3xx responses are stored too: a `303 See Other` after a `POST` is the request's result, and
 //! running the request again on a retry would do its work twice. With
 //! `store_server_errors(true)`, 5xx responses are stored as well, as Stripe does: a request that
 //! failed on the server is then not run again with the same key.
 //!
+//! Once the handler has answered with a status that is stored, its work is done: whatever
+//! happens to the response body afterwards (it fails, or the client goes away while the layer
+//! reads it), the key is completed, as not replayable if the response could not be stored
+//! whole, and never released, so a retry can never run the work a second time.
+//!
 //! A stored response keeps its status, headers (less hop-by-hop ones: `Connection`,
-//! `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, and any that
-//! `Connection` names), body and trailers, and is replayed byte for byte with
-//! `Idempotent-Replayed: true` added. The server adds its own `Date` to a replay, as to any
-//! response, unless the handler had set one.
+//! `Keep-Alive`, `Proxy-*`, `TE`, `Transfer-Encoding`, `Upgrade`, and any that `Connection`
+//! names), body and trailers, and is replayed byte for byte with `Idempotent-Replayed: true`
+//! added. The server adds its own `Date` to a replay, as to any response, unless the handler
+//! had set one. A response with trailers goes out chunked over HTTP/1 (never with
+//! `Content-Length`), and, as hyper does, with the trailer fields that its `Trailer` header
+//! names, when the client asked for them with `TE: trailers`.
 //!
 //! # Expiry policy
 //! As the draft asks, a service that uses the layer should publish this policy:
@@ -109,12 +133,21 @@
 //!   response was stored; after that the key is forgotten and a request that reuses it runs
 //!   again;
 //! - an in-flight key is held for the lease ([`IdempotencyLayer::lease`](crate::http::IdempotencyLayer::lease), else the store's
-//!   [`Builder::lease`](crate::Builder::lease), 30 s by default). If the handler is still
-//!   running when the lease runs out, the next duplicate takes the key over and runs the
-//!   request again, and the first request's response is not stored. Set the lease above the
-//!   slowest handler's time. `Retry-After` on `409` is the time left on the lease, in whole
-//!   seconds rounded up (at least 1): the latest a retry could find the key free;
-//! - a released key (5xx, 408, 429, failures, panics, disconnects) is free at once.
+//!   [`Builder::lease`](crate::Builder::lease), 30 s by default), and renewed by a
+//!   **heartbeat** ([`IdempotencyLayer::heartbeat`](crate::http::IdempotencyLayer::heartbeat), on by default): every third of the lease,
+//!   while the handler runs and while its response body is read, the lease is extended to a
+//!   whole lease from then. A slow handler therefore keeps its key however long it runs, and
+//!   the lease only bounds how long a key stays held once its request stops making progress:
+//!   the response future is no longer polled (a handler that blocks its executor thread stops
+//!   the heartbeat too). A handler that never finishes holds its key as long as it runs: put a
+//!   timeout around handlers (a timeout layer outside this one releases the key when it gives
+//!   up). If the lease does run out, the next duplicate takes the key over and runs the
+//!   request again, and the first request's response is not stored. Without the heartbeat,
+//!   set the lease above the slowest handler's time. `Retry-After` on `409` is the time left
+//!   on the lease, in whole seconds rounded up (at least 1): when the key would be free if its
+//!   request stopped now (with the heartbeat, a request still running then renews it);
+//! - a released key (5xx, 408, 429, failures, panics, disconnects before the handler answered)
+//!   is free at once.
 //!
 //! # Status codes the layer itself answers
 //! Every one comes with an `application/problem+json` body (RFC 9457) with `type`, `title`,
@@ -129,32 +162,47 @@
 //! | 400 | `idempotency_key_malformed` | the key is not in the format above, or sent twice |
 //! | 400 | `request_body_unreadable` | the request body failed while being read |
 //! | 409 | `request_in_flight` | a request with this key is still running (`Retry-After`) |
-//! | 409 | `response_not_replayable` | the key completed, but its response was too large to store (`original_status` member) |
+//! | 409 | `response_not_replayable` | the key completed, but its response could not be stored (`original_status` member) |
 //! | 413 | `request_body_too_large` | the body is over [`max_request_body`](crate::http::IdempotencyLayer::max_request_body) |
 //! | 414 | `request_path_too_long` | method and path exceed the store's [`MAX_SCOPE_LEN`](crate::MAX_SCOPE_LEN) |
-//! | 422 | `idempotency_key_reused` | the key is known with another method, path, query, headers or body |
-//! | 500 | `idempotency_misconfigured` | the layer's configuration is invalid (a bad lease, a scope over 4 KiB) |
-//! | 500 | `response_body_failed` | the handler's response body failed before its end |
+//! | 422 | `idempotency_key_reused` | the key is known in this scope with another query, body or fingerprinted header |
+//! | 500 | `idempotency_misconfigured` | the layer's configuration is invalid: a bad lease, a scope over 4 KiB, or a store whose `max_value_size` is below the weight of a [`CachedResponse::NotReplayable`](crate::http::CachedResponse::NotReplayable) marker (the layer could not record a response too large to store, so it runs nothing) |
+//! | 500 | `response_body_failed` | the handler's response body failed before its end (`original_status` member) |
 //! | 503 | `idempotency_store_full` | the store holds as many keys as it may (`Retry-After`) |
 //!
 //! # Cancellation, panics and backpressure
 //! The claim is held by a guard inside the response future: if the handler panics (the panic
-//! unwinds through the future) or the server drops the future because the client went away,
-//! the guard releases the key, so a retry runs the request again. The layer does not catch
-//! panics; put a panic-catching layer outside it if clients should get a `500` instead of a
-//! closed connection. The inner service is made ready in `poll_ready` and called once the
-//! request body is read and the key claimed, so it stays reserved while the body is read and,
-//! in wait mode, while a duplicate waits.
+//! unwinds through the future) or the server drops the future because the client went away
+//! before the handler answered, the guard releases the key, so a retry runs the request
+//! again. Once the handler has answered with a status that is stored, dropping the future
+//! completes the key instead (see above). The layer does not catch panics; put a
+//! panic-catching layer outside it if clients should get a `500` instead of a closed
+//! connection. The inner service is made ready in `poll_ready` and called once the request
+//! body is read and the key claimed, so it stays reserved while the body is read and, in wait
+//! mode, while a duplicate waits.
 //!
 //! # Bodies and types
 //! The layer reads the request body into [`Bytes`](bytes::Bytes) and hands the handler a request whose body
 //! is `ReqB::from(bytes)` (the same body type: `axum::body::Body` and `Full<Bytes>` qualify).
 //! Responses have the body type [`ResponseBody`](crate::http::ResponseBody), a boxed body that axum's `Router::layer`
 //! accepts. The response future is `Send + 'static`.
+//!
+//! A response that would be stored is read whole (up to the cap) before its head goes to the
+//! client: a streamed response (server-sent events, a long download) reaches the client only
+//! once it has ended, or once it has outgrown [`max_response_body`](crate::http::IdempotencyLayer::max_response_body) (it is then passed on as
+//! it comes, and not stored). Keep streaming endpoints out of the layer, or give them a small
+//! cap.
+//!
+//! Put compression (and any layer that varies the response by request headers) **outside**
+//! this layer: `Accept-Encoding` is not part of the fingerprint, so a response compressed
+//! inside the layer for one client would be replayed, compressed so, to a retry that may not
+//! accept that encoding. Outside, the layer stores the identity response and each replay is
+//! compressed for the client that gets it.
 
 mod body;
 mod cached;
 mod key;
+mod owner;
 mod problem;
 
 use std::fmt;
@@ -178,6 +226,7 @@ use crate::{Claim, ClaimOptions, Error, Store, MAX_SCOPE_LEN};
 use body::{collect_capped, Collected, ReplayBody};
 pub use cached::CachedResponse;
 pub use key::MAX_KEY_LEN;
+use owner::Owned;
 use problem::Problem;
 
 /// The request header that carries the key: `Idempotency-Key`.
@@ -223,9 +272,13 @@ struct Config {
     max_request_body: usize,
     max_response_body: usize,
     lease: Option<Duration>,
+    heartbeat: bool,
     capacity_retry_after: Duration,
     problem_type: Option<String>,
     link: Option<HeaderValue>,
+    /// Whether the store takes a [`CachedResponse::NotReplayable`] marker; without it the
+    /// layer could not keep a response too large to store from running twice.
+    marker_fits: bool,
 }
 
 impl fmt::Debug for Config {
@@ -241,6 +294,7 @@ impl fmt::Debug for Config {
             .field("max_request_body", &self.max_request_body)
             .field("max_response_body", &self.max_response_body)
             .field("lease", &self.lease)
+            .field("heartbeat", &self.heartbeat)
             .field("capacity_retry_after", &self.capacity_retry_after)
             .field("problem_type", &self.problem_type)
             .field("store", &self.store)
@@ -260,13 +314,27 @@ pub struct IdempotencyLayer {
 
 impl IdempotencyLayer {
     /// A layer over `store` with the defaults: `POST` and `PATCH`, key required, header
-    /// `Idempotency-Key`, scope = method + path, fingerprint = method + path + query + body,
-    /// `409` at once for a key in flight, 5xx/408/429 not stored, 1 MiB caps on request and
-    /// stored response bodies.
+    /// `Idempotency-Key`, scope = method + path, fingerprint = query + body, `409` at once for
+    /// a key in flight, 5xx/408/429 not stored, 1 MiB caps on request and stored response
+    /// bodies, the lease renewed by a heartbeat while the handler runs.
+    ///
+    /// **The default scope is not safe for a service with more than one principal** (users,
+    /// tenants, API clients): keys are then shared by everyone who calls the same method and
+    /// path, and a caller that reuses another's key gets that caller's response replayed,
+    /// headers and body included. Give such a service a [`scope`](Self::scope) that names the
+    /// authenticated principal.
     ///
     /// Give the store [`CachedResponse::weight`] as its weigher and a `max_value_size`, so the
-    /// memory of stored responses is bounded (see [`CachedResponse`]).
+    /// memory of stored responses is bounded (see [`CachedResponse`]). The `max_value_size`
+    /// must take at least a [`CachedResponse::NotReplayable`] marker (with that weigher,
+    /// `size_of::<CachedResponse>()` bytes): below that, the layer could not record a response
+    /// too large to store, so it refuses every keyed request with `500`
+    /// (`idempotency_misconfigured`, logged as a `tracing` event with the `tracing` feature)
+    /// rather than risk running one twice.
     pub fn new(store: Store<CachedResponse>) -> Self {
+        let marker_fits = store
+            .check_value(&CachedResponse::not_replayable(StatusCode::OK))
+            .is_ok();
         IdempotencyLayer {
             config: Arc::new(Config {
                 store,
@@ -280,9 +348,11 @@ impl IdempotencyLayer {
                 max_request_body: DEFAULT_MAX_REQUEST_BODY,
                 max_response_body: DEFAULT_MAX_RESPONSE_BODY,
                 lease: None,
+                heartbeat: true,
                 capacity_retry_after: DEFAULT_CAPACITY_RETRY_AFTER,
                 problem_type: None,
                 link: None,
+                marker_fits,
             }),
         }
     }
@@ -304,7 +374,8 @@ impl IdempotencyLayer {
         self.with(|c| c.required = required)
     }
 
-    /// The header that carries the key, instead of `Idempotency-Key`.
+    /// The header that carries the key, instead of `Idempotency-Key`. The layer's problem
+    /// documents name it.
     pub fn header_name(self, name: HeaderName) -> Self {
         self.with(|c| c.header = name)
     }
@@ -313,6 +384,9 @@ impl IdempotencyLayer {
     /// authenticated principal or a tenant id, so that different callers' keys never meet.
     /// Method and path are always part of the scope; this is added to them. Together they
     /// may not exceed [`MAX_SCOPE_LEN`] (4 KiB): hash a longer scope down.
+    ///
+    /// A layer inside a nested router (axum's `Router::nest`) sees paths without the nest's
+    /// prefix: apply it outside `nest`, or add the prefix here, when nests share a store.
     ///
     /// ```
     /// # use idemstore::{http::{CachedResponse, IdempotencyLayer}, Store};
@@ -370,10 +444,23 @@ impl IdempotencyLayer {
         self.with(|c| c.max_response_body = bytes)
     }
 
-    /// The lease of a claimed key, instead of the store's default: how long the handler may
-    /// run before a duplicate may take the key over.
+    /// The lease of a claimed key, instead of the store's default: how long a key stays held
+    /// after its request stops renewing it (see [`heartbeat`](Self::heartbeat)), or, with the
+    /// heartbeat off, how long the handler may run before a duplicate may take the key over.
+    /// A lease the store refuses (under 1 ms, or too long) makes every keyed request a `500`
+    /// (`idempotency_misconfigured`), answered before its body is read.
     pub fn lease(self, lease: Duration) -> Self {
         self.with(|c| c.lease = Some(lease))
+    }
+
+    /// Whether the lease is renewed while the handler runs and while its response body is
+    /// read (`true`, the default): every third of the lease, the lease is extended to a whole
+    /// lease from then, so a slow handler never loses its key to a duplicate that would run
+    /// it a second time. With `false`, a handler that outlives the lease loses its key: a
+    /// duplicate may take it over and run the request again. See the module docs' expiry
+    /// policy.
+    pub fn heartbeat(self, on: bool) -> Self {
+        self.with(|c| c.heartbeat = on)
     }
 
     /// The `Retry-After` of a `503` when the store is full (default 5 s).
@@ -464,7 +551,7 @@ where
                 );
                 let p = Problem::new(
                     StatusCode::BAD_REQUEST,
-                    "Idempotency-Key is missing",
+                    "Idempotency key is missing",
                     "idempotency_key_missing",
                     detail,
                 );
@@ -513,19 +600,26 @@ fn header_label(config: &Config) -> &str {
     }
 }
 
+/// The longest key this layer accepts: [`MAX_KEY_LEN`], or the store's `max_key_len` if lower.
+fn max_key_len(config: &Config) -> usize {
+    MAX_KEY_LEN.min(config.store.inner.max_key_len)
+}
+
+/// The `400` for a malformed key.
+fn malformed(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "Idempotency key is malformed",
+        "idempotency_key_malformed",
+        detail,
+    )
+}
+
 /// The key of a request: `Ok(None)` if it has none, a `400` problem if it is malformed.
 fn read_key(config: &Config, headers: &HeaderMap) -> Result<Option<Vec<u8>>, Problem> {
     let mut values = headers.get_all(&config.header).iter();
     let Some(value) = values.next() else {
         return Ok(None);
-    };
-    let malformed = |detail: String| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Idempotency-Key is malformed",
-            "idempotency_key_malformed",
-            detail,
-        )
     };
     if values.next().is_some() {
         return Err(malformed(format!(
@@ -533,9 +627,10 @@ fn read_key(config: &Config, headers: &HeaderMap) -> Result<Option<Vec<u8>>, Pro
             header_label(config)
         )));
     }
-    key::parse_key(value.as_bytes())
+    let max_len = max_key_len(config);
+    key::parse_key(value.as_bytes(), max_len)
         .map(Some)
-        .map_err(|e| malformed(e.to_string()))
+        .map_err(|e| malformed(e.detail(header_label(config), max_len)))
 }
 
 /// Runs one request that carries a well-formed key.
@@ -553,12 +648,13 @@ where
     ResB::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let body = match read_body(&parts.headers, body, config.max_request_body).await {
-        Ok(body) => body,
+    // What the head and the configuration decide is answered before the body is read.
+    let scope = match preflight(&config, &parts) {
+        Ok(scope) => scope,
         Err(p) => return Ok(respond(&config, p)),
     };
-    let scope = match scope_of(&config, &parts) {
-        Ok(scope) => scope,
+    let body = match read_body(&parts.headers, body, config.max_request_body).await {
+        Ok(body) => body,
         Err(p) => return Ok(respond(&config, p)),
     };
     let fingerprint = fingerprint_of(&config, &parts, &body);
@@ -566,7 +662,7 @@ where
     if let Some(lease) = config.lease {
         options = options.lease(lease);
     }
-    let store = config.store.clone();
+    let store = &config.store;
     let claim = if config.wait.is_zero() {
         store.claim_with(&key, &options)
     } else {
@@ -578,16 +674,19 @@ where
             let stored = replay.value();
             return Ok(match stored.replay() {
                 Some(response) => response,
-                None => respond(&config, not_replayable(stored.status())),
+                None => respond(&config, not_replayable(&config, stored.status())),
             });
         }
         Ok(Claim::InProgress(p)) => {
             let p = Problem::new(
                 StatusCode::CONFLICT,
-                "A request is outstanding for this Idempotency-Key",
+                "A request is outstanding for this idempotency key",
                 "request_in_flight",
-                "a request with this Idempotency-Key is still being processed; retry after the \
-                 Retry-After delay to get its response",
+                format!(
+                    "a request with this {} is still being processed; retry after the \
+                     Retry-After delay to get its response",
+                    header_label(&config)
+                ),
             )
             .retry_after(p.retry_after());
             return Ok(respond(&config, p));
@@ -598,14 +697,20 @@ where
             } else {
                 "is in use"
             };
+            let what = if config.fingerprint_headers.is_empty() {
+                "query string or body"
+            } else {
+                "query string, body or fingerprinted headers"
+            };
             let p = Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "Idempotency-Key is already used",
+                "Idempotency key is already used",
                 "idempotency_key_reused",
                 format!(
-                    "this Idempotency-Key {state} with a different request (method, path, query \
-                     or body); send a new key for a new request, or the identical request to \
-                     retry"
+                    "this {} {state} for a request to this method and path with a different \
+                     {what}; send a new key for a new request, or the identical request to \
+                     retry",
+                    header_label(&config)
                 ),
             );
             return Ok(respond(&config, p));
@@ -613,18 +718,25 @@ where
         Err(e) => return Ok(respond(&config, store_error(&config, e))),
     };
 
-    // This request owns the key. From here every early exit, panic or drop of this future
-    // drops the guard, which releases the key.
-    let response = inner
-        .call(Request::from_parts(parts, ReqB::from(body)))
+    // This request owns the key. Until it is settled, every early exit, panic or drop of this
+    // future drops `owned`, which releases the key; meanwhile its heartbeat renews the lease.
+    let mut owned = Owned::new(guard, config.heartbeat.then(|| effective_lease(&config)));
+    let response = owned
+        .run(inner.call(Request::from_parts(parts, ReqB::from(body))))
         .await?;
     let status = response.status();
     if !stores(&config, status) {
-        let _ = guard.release();
+        owned.release();
         return Ok(box_response(response));
     }
+    // The handler's work is done: from here the key is completed, never released, even if
+    // the body fails or this future is dropped while the body is read.
+    owned.settle(status);
     let (head, body) = box_response(response).into_parts();
-    match collect_capped(body, config.max_response_body).await {
+    match owned
+        .run(collect_capped(body, config.max_response_body))
+        .await
+    {
         Collected::Whole { data, trailers } => {
             let stored = CachedResponse::with_trailers(
                 status,
@@ -636,37 +748,41 @@ where
                 Ok(_) => stored,
                 Err(_) => CachedResponse::not_replayable(status),
             };
-            if guard.complete(stored).is_err() {
-                // The lease ran out while the handler ran: a duplicate may have taken the key
-                // over. The client still gets the response; nothing was stored.
-                event!("http: lease lost before the response could be stored");
-            }
+            owned.complete(stored);
             Ok(Response::from_parts(
                 head,
                 ReplayBody::new(data, trailers).boxed(),
             ))
         }
         Collected::Oversize(rest) => {
-            if guard
-                .complete(CachedResponse::not_replayable(status))
-                .is_err()
-            {
-                event!("http: lease lost before the response could be recorded");
-            }
+            owned.complete(CachedResponse::not_replayable(status));
             Ok(Response::from_parts(head, rest.boxed_unsync()))
         }
         Collected::Failed => {
-            drop(guard);
-            let p = Problem::new(
+            owned.complete(CachedResponse::not_replayable(status));
+            let mut p = Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "The response failed",
                 "response_body_failed",
-                "the handler's response body failed before it was complete; nothing was stored, \
-                 and a retry with the same Idempotency-Key runs the request again",
+                format!(
+                    "the request was processed (status {}), but its response body failed \
+                     before it was complete, so it cannot be delivered or replayed; the \
+                     request will not run again with this {}",
+                    status.as_u16(),
+                    header_label(&config)
+                ),
             );
+            p.original_status = Some(status);
             Ok(respond(&config, p))
         }
     }
+}
+
+/// The lease a claim gets: the layer's, else the store's default.
+fn effective_lease(config: &Config) -> Duration {
+    config
+        .lease
+        .unwrap_or_else(|| Duration::from_nanos(config.store.inner.lease_nanos))
 }
 
 /// Whether a handler response with `status` completes its key.
@@ -680,16 +796,17 @@ fn stores(config: &Config, status: StatusCode) -> bool {
     )
 }
 
-/// The `409` for a key whose response was too large to store.
-fn not_replayable(original: StatusCode) -> Problem {
+/// The `409` for a key whose response could not be stored.
+fn not_replayable(config: &Config, original: StatusCode) -> Problem {
     let mut p = Problem::new(
         StatusCode::CONFLICT,
         "The original response cannot be replayed",
         "response_not_replayable",
         format!(
-            "a request with this Idempotency-Key already completed with status {}, but its \
-             response was too large to store, so it cannot be replayed; the request will not \
-             run again with this key",
+            "a request with this {} already completed with status {}, but its response could \
+             not be stored (too large, or not delivered whole), so it cannot be replayed; the \
+             request will not run again with this key",
+            header_label(config),
             original.as_u16()
         ),
     );
@@ -740,6 +857,31 @@ fn push_part(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(part);
 }
 
+/// Checks the configuration and computes the request's scope: everything that does not need
+/// the body, so that a request that cannot succeed is answered before its body is read.
+fn preflight(config: &Config, parts: &Parts) -> Result<Vec<u8>, Problem> {
+    if !config.marker_fits {
+        event!(
+            "http: the store's max_value_size is below the weight of a NotReplayable marker; \
+             keyed requests are refused with 500"
+        );
+        return Err(misconfigured(
+            "the idempotency store cannot record a response that is too large to store (its \
+             max_value_size is below the weight of a CachedResponse::NotReplayable), so a \
+             retry could run a request twice; the request was not processed"
+                .to_string(),
+        ));
+    }
+    if let Some(lease) = config.lease {
+        if let Err(e) = crate::store::check_lease(lease) {
+            return Err(misconfigured(format!(
+                "the idempotency layer's lease is invalid ({e}); the request was not processed"
+            )));
+        }
+    }
+    scope_of(config, parts)
+}
+
 /// The scope of a request's key: method, path and the caller-defined part.
 fn scope_of(config: &Config, parts: &Parts) -> Result<Vec<u8>, Problem> {
     let method = parts.method.as_str().as_bytes();
@@ -775,11 +917,10 @@ fn scope_of(config: &Config, parts: &Parts) -> Result<Vec<u8>, Problem> {
     Ok(scope)
 }
 
-/// The fingerprint of a request: method, path, query, the configured headers and the body.
+/// The fingerprint of a request: query, the configured headers and the body. Method and path
+/// are part of the scope, so a request that differs in them is another key, never a `422`.
 fn fingerprint_of(config: &Config, parts: &Parts, body: &[u8]) -> Vec<u8> {
     let mut fp = Vec::with_capacity(64 + body.len());
-    push_part(&mut fp, parts.method.as_str().as_bytes());
-    push_part(&mut fp, parts.uri.path().as_bytes());
     match parts.uri.query() {
         None => fp.push(0),
         Some(q) => {
@@ -820,16 +961,18 @@ fn store_error(config: &Config, e: Error) -> Problem {
             StatusCode::SERVICE_UNAVAILABLE,
             "Idempotency store is full",
             "idempotency_store_full",
-            "the server cannot record more idempotency keys right now, so it did not process \
-             this request; retry with the same Idempotency-Key after the Retry-After delay",
+            format!(
+                "the server cannot record more idempotency keys right now, so it did not \
+                 process this request; retry with the same {} after the Retry-After delay",
+                header_label(config)
+            ),
         )
         .retry_after(config.capacity_retry_after),
-        Error::InvalidKey { max_len, .. } => Problem::new(
-            StatusCode::BAD_REQUEST,
-            "Idempotency-Key is malformed",
-            "idempotency_key_malformed",
-            format!("the Idempotency-Key is longer than this service's limit of {max_len} bytes"),
-        ),
+        // `read_key` checks the length against the same limit: not expected here.
+        Error::InvalidKey { max_len, .. } => malformed(format!(
+            "the {} is longer than this service's limit of {max_len} bytes",
+            header_label(config)
+        )),
         other => misconfigured(format!(
             "the idempotency layer could not claim the key: {other}"
         )),
@@ -883,6 +1026,10 @@ mod tests {
         assert_ne!(fingerprint_of(&c, &a, b""), fingerprint_of(&c, &b, b""));
         assert_ne!(fingerprint_of(&c, &e, b""), fingerprint_of(&c, &f, b""));
         assert_ne!(fingerprint_of(&c, &a, b"1"), fingerprint_of(&c, &a, b"2"));
+        // Method and path are the scope's, not the fingerprint's.
+        let g = parts(Method::PATCH, "/other?x=1");
+        assert_eq!(fingerprint_of(&c, &a, b"1"), fingerprint_of(&c, &g, b"1"));
+        assert_ne!(scope_of(&c, &a).unwrap(), scope_of(&c, &g).unwrap());
         let mut long = String::from("/");
         long.push_str(&"p".repeat(MAX_SCOPE_LEN));
         let p = scope_of(&c, &parts(Method::POST, &long)).unwrap_err();
@@ -932,6 +1079,74 @@ mod tests {
         assert_eq!(
             read_key(&c, &h).unwrap_err().status,
             StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn keys_are_checked_against_the_configured_header_and_limit() {
+        let store = Store::builder().max_key_len(16).build().unwrap();
+        let layer = IdempotencyLayer::new(store).header_name(HeaderName::from_static("x-key"));
+        let c = &*layer.config;
+        let mut h = HeaderMap::new();
+        h.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("\"ignored\""));
+        assert!(read_key(c, &h).unwrap().is_none());
+        h.insert("x-key", HeaderValue::from_static("\"0123456789abcdefXYZ\""));
+        let p = read_key(c, &h).unwrap_err();
+        assert_eq!(p.code, "idempotency_key_malformed");
+        assert!(
+            p.detail
+                .starts_with("the x-key is 19 bytes long, over the limit of 16;"),
+            "{}",
+            p.detail
+        );
+        assert!(p.detail.contains("1 to 16 bytes"), "{}", p.detail);
+        h.insert("x-key", HeaderValue::from_static("0123456789abcdef"));
+        assert_eq!(read_key(c, &h).unwrap().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn misconfigurations_are_found_before_the_body_is_read() {
+        let a = parts(Method::POST, "/a");
+        let bad_lease =
+            IdempotencyLayer::new(Store::builder().build().unwrap()).lease(Duration::ZERO);
+        let p = preflight(&bad_lease.config, &a).unwrap_err();
+        assert_eq!(
+            (p.status, p.code),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "idempotency_misconfigured"
+            )
+        );
+        // A store that cannot take the "not replayable" marker.
+        let tiny = Store::builder()
+            .max_value_size(8)
+            .weigher(|r: &CachedResponse| r.weight())
+            .build()
+            .unwrap();
+        let layer = IdempotencyLayer::new(tiny);
+        assert!(!layer.config.marker_fits);
+        let p = preflight(&layer.config, &a).unwrap_err();
+        assert_eq!(p.code, "idempotency_misconfigured");
+        // A store that just takes it is fine.
+        let marker = CachedResponse::not_replayable(StatusCode::OK).weight();
+        let snug = Store::builder()
+            .max_value_size(marker)
+            .weigher(|r: &CachedResponse| r.weight())
+            .build()
+            .unwrap();
+        assert!(preflight(&IdempotencyLayer::new(snug).config, &a).is_ok());
+        assert_eq!(
+            effective_lease(&config()),
+            Duration::from_secs(30),
+            "the store's default lease"
+        );
+        assert_eq!(
+            effective_lease(
+                &bad_lease
+                    .with(|c| c.lease = Some(Duration::from_secs(7)))
+                    .config
+            ),
+            Duration::from_secs(7)
         );
     }
 

@@ -1,40 +1,33 @@
 //! The `http` feature over real HTTP: an axum server on 127.0.0.1:0 behind `IdempotencyLayer`,
 //! driven by hyper's client (and by raw sockets where a test needs to misbehave).
 
+mod common;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use bytes::Bytes;
+use common::{client, send, serve, within, HttpClient, Reply};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use idemstore::http::{CachedResponse, IdempotencyLayer, IDEMPOTENT_REPLAYED};
 use idemstore::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Every test fails rather than hangs.
-const DEADLINE: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(what: &str, f: F) -> F::Output {
-    match tokio::time::timeout(DEADLINE, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} took over {DEADLINE:?}"),
-    }
-}
 
 fn store() -> Store<CachedResponse> {
     Store::builder()
@@ -44,62 +37,9 @@ fn store() -> Store<CachedResponse> {
         .unwrap()
 }
 
-/// Serves `router` on an ephemeral loopback port until the test's runtime ends.
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
 /// `/r` answers every method with `handler`, behind `layer`.
 async fn serve_layer(layer: IdempotencyLayer, handler: MethodRouter) -> SocketAddr {
     serve(Router::new().route("/r", handler).layer(layer)).await
-}
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-#[derive(Debug, Clone)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn replayed(&self) -> bool {
-        self.headers
-            .get(IDEMPOTENT_REPLAYED)
-            .is_some_and(|v| v == "true")
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
-    }
-
-    /// The `code` of a problem document, after checking its RFC 9457 shape.
-    fn problem(&self) -> String {
-        assert_eq!(
-            self.headers["content-type"], "application/problem+json",
-            "{self:?}"
-        );
-        let doc = self.json();
-        assert_eq!(doc["status"], self.status.as_u16(), "{doc}");
-        assert!(doc["type"].is_string() && doc["title"].is_string(), "{doc}");
-        assert!(!doc["detail"].as_str().unwrap().is_empty(), "{doc}");
-        doc["code"].as_str().unwrap().to_string()
-    }
-
-    fn retry_after(&self) -> u64 {
-        self.headers["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
 }
 
 fn request(
@@ -120,20 +60,6 @@ fn request(
         .unwrap()
 }
 
-async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
-    within("a request", async {
-        let resp = client.request(req).await.expect("the server answers");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("the body arrives").to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    })
-    .await
-}
-
 async fn post(client: &HttpClient, addr: SocketAddr, key: &str, body: &str) -> Reply {
     send(client, request(Method::POST, addr, "/r", Some(key), body)).await
 }
@@ -146,6 +72,10 @@ struct Probe {
     started: Notify,
     gate: Notify,
     dropped: Notify,
+    /// A scripted body reached a `Step::Gate` or `Step::Hang`.
+    reading: Notify,
+    /// Opens a scripted body's `Step::Gate`.
+    body_gate: Notify,
 }
 
 impl Probe {
@@ -308,10 +238,11 @@ async fn in_wait_mode_a_duplicate_gets_409_when_the_wait_runs_out() {
     let busy = post(&client, addr, "slow", "{}").await;
     assert_eq!(busy.status, StatusCode::CONFLICT);
     assert_eq!(busy.problem(), "request_in_flight");
+    // The time left on the 20 s lease, rounded up: 20 s, or 19 s on a slow machine.
     let after = busy.retry_after();
     assert!(
-        (1..=20).contains(&after),
-        "Retry-After {after} is within the lease"
+        (19..=20).contains(&after),
+        "Retry-After {after} is the time left on the lease"
     );
     probe.gate.notify_one();
     let first = first.await.unwrap();
@@ -387,7 +318,7 @@ async fn malformed_keys_get_400() {
     let layer = IdempotencyLayer::new(store()).problem_type("https://example.com/idempotency");
     let addr = serve_layer(layer, charging(&probe, Duration::ZERO)).await;
     let client = client();
-    let long = format!("\"{}\"", "k".repeat(256));
+    let long = format!("\"{}\"", "k".repeat(300));
     let bad: Vec<HeaderValue> = vec![
         HeaderValue::from_static("\"unterminated"),
         HeaderValue::from_static("two words"),
@@ -405,12 +336,21 @@ async fn malformed_keys_get_400() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{value:?}");
         assert_eq!(r.problem(), "idempotency_key_malformed");
         assert_eq!(r.json()["type"], "https://example.com/idempotency");
-        assert_eq!(r.json()["title"], "Idempotency-Key is malformed");
+        assert_eq!(r.json()["title"], "Idempotency key is malformed");
         assert_eq!(
             r.headers["link"],
             "<https://example.com/idempotency>; rel=\"describedby\""
         );
     }
+    // A long key is reported with its real length.
+    let mut req = request(Method::POST, addr, "/r", None, BODY);
+    req.headers_mut()
+        .insert("idempotency-key", HeaderValue::from_str(&long).unwrap());
+    let detail = send(&client, req).await.detail();
+    assert!(
+        detail.starts_with("the Idempotency-Key is 300 bytes long, over the limit of 255;"),
+        "{detail}"
+    );
     let mut twice = request(Method::POST, addr, "/r", Some("\"a\""), BODY);
     twice
         .headers_mut()
@@ -564,7 +504,9 @@ async fn a_panicking_handler_releases_the_key() {
         },
         &probe,
     );
-    let addr = serve_layer(IdempotencyLayer::new(store()), panicky).await;
+    // hyper may close the connection a moment before it drops the request's future (and the
+    // guard in it): the retry waits for the release instead of racing it.
+    let addr = serve_layer(releasing_layer(), panicky).await;
     let client = client();
     let failed = within(
         "the panicking request",
@@ -784,4 +726,447 @@ async fn the_handler_gets_the_same_request_body() {
         r.json()["got"],
         serde_json::from_str::<serde_json::Value>(BODY).unwrap()
     );
+}
+
+/// What a [`Scripted`] body does, step by step.
+enum Step {
+    /// A data frame.
+    Data(&'static str),
+    /// A pause.
+    Sleep(Duration),
+    /// Signals `Probe::reading`, then waits for `Probe::body_gate`.
+    Gate,
+    /// Signals `Probe::reading`, then pends until the body is dropped.
+    Hang,
+    /// An error.
+    Fail,
+}
+
+/// A response body that follows a script, with no size hint (so it goes out chunked), and
+/// signals `Probe::dropped` when it is dropped.
+struct Scripted {
+    steps: VecDeque<Step>,
+    waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    probe: Arc<Probe>,
+}
+
+impl Scripted {
+    fn body(probe: &Arc<Probe>, steps: impl IntoIterator<Item = Step>) -> Body {
+        Body::new(Scripted {
+            steps: steps.into_iter().collect(),
+            waiting: None,
+            probe: probe.clone(),
+        })
+    }
+}
+
+impl http_body::Body for Scripted {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(waiting) = &mut this.waiting {
+                if waiting.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.waiting = None;
+            }
+            let frame = match this.steps.pop_front() {
+                None => return Poll::Ready(None),
+                Some(Step::Data(d)) => Frame::data(Bytes::from_static(d.as_bytes())),
+                Some(Step::Fail) => {
+                    return Poll::Ready(Some(Err(std::io::Error::other("the body fails"))))
+                }
+                Some(Step::Sleep(d)) => {
+                    this.waiting = Some(Box::pin(tokio::time::sleep(d)));
+                    continue;
+                }
+                Some(Step::Gate) => {
+                    this.probe.reading.notify_one();
+                    let probe = this.probe.clone();
+                    this.waiting = Some(Box::pin(async move { probe.body_gate.notified().await }));
+                    continue;
+                }
+                Some(Step::Hang) => {
+                    this.probe.reading.notify_one();
+                    this.waiting = Some(Box::pin(std::future::pending()));
+                    continue;
+                }
+            };
+            return Poll::Ready(Some(Ok(frame)));
+        }
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.probe.dropped.notify_one();
+    }
+}
+
+/// A `POST` handler that counts its runs, signals `Probe::started`, waits for `Probe::gate`
+/// on its first run only if `gated`, and answers 201 with a scripted body.
+fn scripted(
+    probe: &Arc<Probe>,
+    gated: bool,
+    steps: impl Fn() -> Vec<Step> + Clone + Send + Sync + 'static,
+) -> MethodRouter {
+    let probe = probe.clone();
+    on(MethodFilter::POST, move || {
+        let probe = probe.clone();
+        let steps = steps.clone();
+        async move {
+            let run = probe.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let gate = probe.gate.notified();
+            probe.started.notify_one();
+            if gated && run == 1 {
+                gate.await;
+            }
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .header("x-run", run.to_string())
+                .body(Scripted::body(&probe, steps()))
+                .unwrap()
+        }
+    })
+}
+
+/// The short lease of the heartbeat tests, on the system clock.
+const SHORT_LEASE: Duration = Duration::from_millis(400);
+
+/// Well past [`SHORT_LEASE`]: a lease that nothing renews has run out by then.
+const PAST_THE_LEASE: Duration = Duration::from_millis(700);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_keeps_a_slow_request_s_key() {
+    let probe = Arc::new(Probe::default());
+    let handler = scripted(&probe, true, || {
+        vec![Step::Data("slow "), Step::Gate, Step::Data("done")]
+    });
+    // The handler, and then the reading of its body, outlive the lease.
+    let layer = IdempotencyLayer::new(store()).lease(SHORT_LEASE);
+    let addr = serve_layer(layer, handler).await;
+    let client = client();
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { post(&client, addr, "slow-1", BODY).await })
+    };
+    within("the handler to start", probe.started.notified()).await;
+    tokio::time::sleep(PAST_THE_LEASE).await;
+    // The handler still runs, past its first lease: the key is still its own.
+    let during_handler = post(&client, addr, "slow-1", BODY).await;
+    assert_eq!(during_handler.status, StatusCode::CONFLICT);
+    assert_eq!(during_handler.problem(), "request_in_flight");
+    assert_eq!(
+        during_handler.retry_after(),
+        1,
+        "under a second of lease left"
+    );
+    probe.gate.notify_one();
+    within("the body to be read", probe.reading.notified()).await;
+    tokio::time::sleep(PAST_THE_LEASE).await;
+    // The handler answered, and its body is still being read, past another lease.
+    let during_body = post(&client, addr, "slow-1", BODY).await;
+    assert_eq!(during_body.problem(), "request_in_flight");
+    probe.body_gate.notify_one();
+    let first = first.await.unwrap();
+    assert_eq!(
+        (first.status, &first.body[..], first.replayed()),
+        (StatusCode::CREATED, &b"slow done"[..], false)
+    );
+    // The response was stored: the lease was never lost.
+    let replay = post(&client, addr, "slow-1", BODY).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.body, first.body);
+    assert_eq!(probe.calls(), 1, "the handler ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_heartbeat_a_slow_request_loses_its_key() {
+    let probe = Arc::new(Probe::default());
+    let handler = scripted(&probe, true, || vec![Step::Data("charged")]);
+    let layer = IdempotencyLayer::new(store())
+        .lease(SHORT_LEASE)
+        .heartbeat(false);
+    let addr = serve_layer(layer, handler).await;
+    let client = client();
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { post(&client, addr, "slow-2", BODY).await })
+    };
+    within("the handler to start", probe.started.notified()).await;
+    tokio::time::sleep(PAST_THE_LEASE).await;
+    // The lease ran out: the duplicate takes the key over and runs the handler again.
+    let second = post(&client, addr, "slow-2", BODY).await;
+    assert_eq!(
+        (second.status, second.header("x-run"), second.replayed()),
+        (StatusCode::CREATED, Some("2"), false)
+    );
+    probe.gate.notify_one();
+    let first = first.await.unwrap();
+    assert_eq!(first.header("x-run"), Some("1"));
+    // The first run's response was not stored; the second's was.
+    assert_eq!(
+        post(&client, addr, "slow-2", BODY).await.header("x-run"),
+        Some("2")
+    );
+    assert_eq!(probe.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_fails_completes_the_key() {
+    let probe = Arc::new(Probe::default());
+    let handler = scripted(&probe, false, || vec![Step::Data("partial"), Step::Fail]);
+    let addr = serve_layer(IdempotencyLayer::new(store()), handler).await;
+    let client = client();
+    let failed = post(&client, addr, "fails", BODY).await;
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(failed.problem(), "response_body_failed");
+    assert_eq!(failed.json()["original_status"], 201);
+    // The handler's work is done: a retry does not run it again.
+    let dup = post(&client, addr, "fails", BODY).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    assert_eq!(dup.problem(), "response_not_replayable");
+    assert_eq!(dup.json()["original_status"], 201);
+    assert_eq!(probe.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_while_the_body_is_read_completes_the_key() {
+    let probe = Arc::new(Probe::default());
+    let handler = scripted(&probe, false, || vec![Step::Data("partial"), Step::Hang]);
+    // Wait mode: the body is dropped a moment before the layer completes the key.
+    let addr = serve_layer(releasing_layer(), handler).await;
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let raw = format!(
+        "POST /r HTTP/1.1\r\nhost: {addr}\r\nidempotency-key: \"cut\"\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    socket.write_all(raw.as_bytes()).await.unwrap();
+    within("the body to be read", probe.reading.notified()).await;
+    drop(socket);
+    within("the server to drop the body", probe.dropped.notified()).await;
+    let dup = post(&client(), addr, "\"cut\"", BODY).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    assert_eq!(dup.problem(), "response_not_replayable");
+    assert_eq!(dup.json()["original_status"], 201);
+    assert_eq!(probe.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_over_the_cap_is_passed_on_whole() {
+    let probe = Arc::new(Probe::default());
+    let handler = scripted(&probe, false, || {
+        vec![
+            Step::Data("0123456789"),
+            Step::Sleep(Duration::from_millis(5)),
+            Step::Data("abcdefghij"),
+            Step::Data("ABCDEFGHIJ"),
+            Step::Sleep(Duration::from_millis(5)),
+            Step::Data("!@#$%^&*()"),
+        ]
+    });
+    // 25 bytes: the third chunk outgrows the cap.
+    let layer = IdempotencyLayer::new(store()).max_response_body(25);
+    let addr = serve_layer(layer, handler).await;
+    let client = client();
+    let first = post(&client, addr, "stream", BODY).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(&first.body[..], b"0123456789abcdefghijABCDEFGHIJ!@#$%^&*()");
+    assert_eq!(first.header("x-run"), Some("1"));
+    let dup = post(&client, addr, "stream", BODY).await;
+    assert_eq!(dup.problem(), "response_not_replayable");
+    assert_eq!(probe.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_are_stored_and_replayed_over_http1() {
+    let probe = Arc::new(Probe::default());
+    let handler = {
+        let probe = probe.clone();
+        on(MethodFilter::POST, move || {
+            let probe = probe.clone();
+            async move {
+                let run = probe.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-checksum", HeaderValue::from(run));
+                let body = Full::new(Bytes::from_static(b"payload"))
+                    .with_trailers(async move { Some(Ok::<_, Infallible>(trailers)) });
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("trailer", "x-checksum")
+                    .body(Body::new(body))
+                    .unwrap()
+            }
+        })
+    };
+    let addr = serve_layer(IdempotencyLayer::new(store()), handler).await;
+    let client = client();
+    let with_te = || {
+        let mut req = request(Method::POST, addr, "/r", Some("trailers"), BODY);
+        req.headers_mut()
+            .insert("te", HeaderValue::from_static("trailers"));
+        req
+    };
+    let first = send(&client, with_te()).await;
+    let replay = send(&client, with_te()).await;
+    assert!(!first.replayed() && replay.replayed());
+    for r in [&first, &replay] {
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"payload"[..]));
+        assert_eq!(r.header("trailer"), Some("x-checksum"), "{r:?}");
+        assert_eq!(r.header("content-length"), None, "{r:?}");
+        let trailers = r.trailers.as_ref().expect("trailers arrive");
+        assert_eq!(trailers["x-checksum"], "1");
+    }
+    assert_eq!(probe.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_while_its_request_runs_gets_422() {
+    let probe = Arc::new(Probe::default());
+    let handler = scripted(&probe, true, || vec![Step::Data("ok")]);
+    let addr = serve_layer(IdempotencyLayer::new(store()), handler).await;
+    let client = client();
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { post(&client, addr, "busy", BODY).await })
+    };
+    within("the handler to start", probe.started.notified()).await;
+    let other = post(&client, addr, "busy", "{}").await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.problem(), "idempotency_key_reused");
+    assert!(other.detail().contains("is in use"), "{}", other.detail());
+    let same = post(&client, addr, "busy", BODY).await;
+    assert_eq!(same.problem(), "request_in_flight");
+    probe.gate.notify_one();
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(probe.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_on_another_path_is_another_key() {
+    let probe = Arc::new(Probe::default());
+    let router = Router::new()
+        .route("/r", charging(&probe, Duration::ZERO))
+        .route("/s", charging(&probe, Duration::ZERO))
+        .layer(IdempotencyLayer::new(store()));
+    let addr = serve(router).await;
+    let client = client();
+    let on_path = |method: Method, path: &str| request(method, addr, path, Some("k"), BODY);
+    let r = send(&client, on_path(Method::POST, "/r")).await;
+    let s = send(&client, on_path(Method::POST, "/s")).await;
+    let patch = send(&client, on_path(Method::PATCH, "/r")).await;
+    for reply in [&r, &s, &patch] {
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+        assert!(!reply.replayed());
+    }
+    assert_eq!(probe.calls(), 3, "three scopes, three keys");
+    // Each replays its own response.
+    let r2 = send(&client, on_path(Method::POST, "/r")).await;
+    let s2 = send(&client, on_path(Method::POST, "/s")).await;
+    assert!(r2.replayed() && s2.replayed());
+    assert_eq!((r2.body, s2.body), (r.body, s.body));
+    assert_eq!(probe.calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_key_header() {
+    let probe = Arc::new(Probe::default());
+    let layer =
+        IdempotencyLayer::new(store()).header_name(HeaderName::from_static("x-request-key"));
+    let addr = serve_layer(layer, charging(&probe, Duration::ZERO)).await;
+    let client = client();
+    let with_key = |value: &'static str| {
+        let mut req = request(Method::POST, addr, "/r", None, BODY);
+        req.headers_mut()
+            .insert("x-request-key", HeaderValue::from_static(value));
+        req
+    };
+    // Idempotency-Key is not the key header here.
+    let missing = post(&client, addr, "\"k\"", BODY).await;
+    assert_eq!(missing.problem(), "idempotency_key_missing");
+    assert!(
+        missing.detail().contains("an x-request-key header"),
+        "{}",
+        missing.detail()
+    );
+    let bad = send(&client, with_key("\"open")).await;
+    assert_eq!(bad.problem(), "idempotency_key_malformed");
+    assert!(
+        bad.detail().starts_with("the x-request-key "),
+        "{}",
+        bad.detail()
+    );
+    assert_eq!(probe.calls(), 0);
+    let first = send(&client, with_key("\"k\"")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(send(&client, with_key("k")).await.replayed());
+    assert_eq!(probe.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_too_small_for_the_marker_runs_nothing() {
+    let probe = Arc::new(Probe::default());
+    let tiny = Store::builder()
+        .max_value_size(16)
+        .weigher(|r: &CachedResponse| r.weight())
+        .build()
+        .unwrap();
+    let addr = serve_layer(
+        IdempotencyLayer::new(tiny),
+        charging(&probe, Duration::ZERO),
+    )
+    .await;
+    let r = post(&client(), addr, "k", BODY).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.problem(), "idempotency_misconfigured");
+    assert_eq!(probe.calls(), 0);
+}
+
+/// Sends a request head that announces a body and never sends it; returns the status line of
+/// the answer, which must come without the body.
+async fn answer_without_body(addr: SocketAddr, path: &str) -> String {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let raw = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nidempotency-key: k\r\ncontent-length: 100\r\n\r\n"
+    );
+    socket.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    within("an answer before the body", async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server hung up without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_problems_are_answered_before_the_body_is_read() {
+    let probe = Arc::new(Probe::default());
+    let router = Router::new()
+        .route("/{*rest}", charging(&probe, Duration::ZERO))
+        .layer(IdempotencyLayer::new(store()));
+    let addr = serve(router).await;
+    let long = format!("/{}", "p".repeat(5000));
+    assert_eq!(
+        answer_without_body(addr, &long).await,
+        "HTTP/1.1 414 URI Too Long"
+    );
+    let bad_lease = IdempotencyLayer::new(store()).lease(Duration::ZERO);
+    let addr = serve_layer(bad_lease, charging(&probe, Duration::ZERO)).await;
+    assert_eq!(
+        answer_without_body(addr, "/r").await,
+        "HTTP/1.1 500 Internal Server Error"
+    );
+    assert_eq!(probe.calls(), 0);
 }

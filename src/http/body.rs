@@ -27,8 +27,16 @@ impl ReplayBody {
     }
 
     pub(crate) fn boxed(self) -> ResponseBody {
-        self.map_err(|never| match never {}).boxed_unsync()
+        boxed(self)
     }
+}
+
+/// A body that cannot fail, boxed as a [`ResponseBody`].
+pub(crate) fn boxed<B>(body: B) -> ResponseBody
+where
+    B: Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
+    body.map_err(|never| match never {}).boxed_unsync()
 }
 
 impl Body for ReplayBody {
@@ -49,8 +57,17 @@ impl Body for ReplayBody {
         self.data.is_none() && self.trailers.is_none()
     }
 
+    /// Exact without trailers. With trailers, only a lower bound: an HTTP/1 server sends a
+    /// body of known length with `Content-Length`, which has no room for trailers, and would
+    /// drop them; without an exact length it sends the body chunked, trailers included.
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        let len = self.data.as_ref().map_or(0, |d| d.len() as u64);
+        if self.trailers.is_none() {
+            return SizeHint::with_exact(len);
+        }
+        let mut hint = SizeHint::new();
+        hint.set_lower(len);
+        hint
     }
 }
 
@@ -207,9 +224,7 @@ mod tests {
         let all = block_on(rest.collect()).unwrap().to_bytes();
         assert_eq!(all, "abcdef");
         // A known length over the cap is not read at all.
-        let full = Full::new(Bytes::from_static(b"abcdef"))
-            .map_err(|never| match never {})
-            .boxed_unsync();
+        let full = boxed(Full::new(Bytes::from_static(b"abcdef")));
         let Collected::Oversize(rest) = block_on(collect_capped(full, 3)) else {
             panic!("6 bytes do not fit a 3-byte cap")
         };
@@ -220,8 +235,16 @@ mod tests {
     fn replay_bodies_carry_data_then_trailers() {
         let mut t = HeaderMap::new();
         t.insert("x-checksum", "1".parse().unwrap());
+        assert_eq!(
+            ReplayBody::new(Bytes::from_static(b"hi"), None)
+                .size_hint()
+                .exact(),
+            Some(2)
+        );
         let body = ReplayBody::new(Bytes::from_static(b"hi"), Some(t.clone()));
-        assert_eq!(body.size_hint().exact(), Some(2));
+        // Trailers: no exact length, so that HTTP/1 sends the body chunked, trailers and all.
+        assert_eq!(body.size_hint().exact(), None);
+        assert_eq!(body.size_hint().lower(), 2);
         let collected = block_on(body.collect()).unwrap();
         assert_eq!(collected.trailers(), Some(&t));
         assert_eq!(collected.to_bytes(), "hi");

@@ -39,10 +39,12 @@ pub enum CachedResponse {
         /// Its trailers, if it had any (boxed: rare, and large).
         trailers: Option<Box<HeaderMap>>,
     },
-    /// The request ran and completed with `status`, but its response was too large to store
-    /// (over the layer's [`max_response_body`](super::IdempotencyLayer::max_response_body) or
-    /// the store's `max_value_size`). A duplicate gets `409 Conflict` with a problem document
-    /// saying so, never a second execution.
+    /// The request ran and completed with `status`, but its response could not be stored:
+    /// too large (over the layer's
+    /// [`max_response_body`](super::IdempotencyLayer::max_response_body) or the store's
+    /// `max_value_size`), or its body failed, or its client went away, before the layer had
+    /// read it whole. A duplicate gets `409 Conflict` with a problem document saying so, never
+    /// a second execution.
     #[non_exhaustive]
     NotReplayable {
         /// The status of the original response.
@@ -56,9 +58,10 @@ const HEADER_OVERHEAD: usize = 32;
 
 impl CachedResponse {
     /// A replayable response. Hop-by-hop headers are dropped (`Connection`, `Keep-Alive`,
-    /// `Proxy-Authenticate`, `Proxy-Authorization`, `Proxy-Connection`, `TE`, `Trailer`,
+    /// `Proxy-Authenticate`, `Proxy-Authorization`, `Proxy-Connection`, `TE`,
     /// `Transfer-Encoding`, `Upgrade`, and any header that `Connection` names): they describe
-    /// the original connection, not the response.
+    /// the original connection, not the response. `Trailer`, which announces the trailer
+    /// fields, is end-to-end (RFC 9110 §6.6.2) and kept.
     pub fn new(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Self {
         CachedResponse::Replayable {
             status,
@@ -162,14 +165,15 @@ impl CachedResponse {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the widespread `Keep-Alive` and `Proxy-*`).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not one: it is end-to-end, and HTTP/1 servers send only the trailer fields
+/// it names.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -213,7 +217,7 @@ mod tests {
         let c = CachedResponse::new(StatusCode::CREATED, &h, Bytes::from_static(b"{}"));
         let kept = c.headers().unwrap();
         let names: Vec<&str> = kept.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["content-type", "set-cookie"]);
+        assert_eq!(names, ["content-type", "set-cookie", "trailer"]);
         assert_eq!(kept.get_all("set-cookie").iter().count(), 2);
         assert_eq!(c.status(), StatusCode::CREATED);
         assert!(c.is_replayable());

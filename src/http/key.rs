@@ -1,17 +1,15 @@
 //! The `Idempotency-Key` header value: an RFC 8941 sf-string, or a bare opaque value.
 
-use std::fmt;
-
 /// The longest key accepted, in bytes after unquoting (Stripe's limit, and the store's default
 /// `max_key_len`).
 pub const MAX_KEY_LEN: usize = 255;
 
-/// Why a header value is not a key. Its `Display` is the `detail` of the 400 response.
+/// Why a header value is not a key. [`KeyError::detail`] is the `detail` of the 400 response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyError {
     /// Nothing between the quotes, or an empty value.
     Empty,
-    /// Longer than [`MAX_KEY_LEN`] bytes after unquoting.
+    /// Longer than the limit after unquoting: the key's real length.
     TooLong(usize),
     /// A `"` that opens an sf-string with no closing `"`.
     Unterminated,
@@ -23,34 +21,34 @@ pub(crate) enum KeyError {
     Trailing,
 }
 
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const FORMAT: &str = "send a quoted RFC 8941 string of printable ASCII such as \
-             \"8e03978e-40d5-43e8-bc93-6894a57f9324\" (or the same value unquoted), 1 to 255 bytes";
+impl KeyError {
+    /// What is wrong and what to send instead, for the key header `header` whose keys may be
+    /// 1 to `max_len` bytes long.
+    pub(crate) fn detail(&self, header: &str, max_len: usize) -> String {
+        let format = format!(
+            "send a quoted RFC 8941 string of printable ASCII such as \
+             \"8e03978e-40d5-43e8-bc93-6894a57f9324\" (or the same value unquoted), 1 to \
+             {max_len} bytes"
+        );
         match self {
-            KeyError::Empty => write!(f, "the Idempotency-Key is empty; {FORMAT}"),
-            KeyError::TooLong(len) => write!(
-                f,
-                "the Idempotency-Key is {len} bytes long, over the limit of {MAX_KEY_LEN}; {FORMAT}"
+            KeyError::Empty => format!("the {header} is empty; {format}"),
+            KeyError::TooLong(len) => {
+                format!("the {header} is {len} bytes long, over the limit of {max_len}; {format}")
+            }
+            KeyError::Unterminated => {
+                format!("the {header} opens a quoted string that is never closed; {format}")
+            }
+            KeyError::BadEscape => {
+                format!("the {header} has a backslash escape other than \\\" or \\\\; {format}")
+            }
+            KeyError::BadByte { byte, at } => format!(
+                "the {header} has byte 0x{byte:02x} at offset {at}, which a key may not contain \
+                 (quoted keys allow printable ASCII with \\\" and \\\\ escapes; unquoted keys \
+                 allow printable ASCII except space, '\"', ',' and ';'); {format}"
             ),
-            KeyError::Unterminated => write!(
-                f,
-                "the Idempotency-Key opens a quoted string that is never closed; {FORMAT}"
-            ),
-            KeyError::BadEscape => write!(
-                f,
-                "the Idempotency-Key has a backslash escape other than \\\" or \\\\; {FORMAT}"
-            ),
-            KeyError::BadByte { byte, at } => write!(
-                f,
-                "the Idempotency-Key has byte 0x{byte:02x} at offset {at}, which a key may not \
-                 contain (quoted keys allow printable ASCII with \\\" and \\\\ escapes; unquoted \
-                 keys allow printable ASCII except space, '\"', ',' and ';'); {FORMAT}"
-            ),
-            KeyError::Trailing => write!(
-                f,
-                "the Idempotency-Key has data after its closing quote (parameters and lists are \
-                 not accepted: the value must be a single string); {FORMAT}"
+            KeyError::Trailing => format!(
+                "the {header} has data after its closing quote (parameters and lists are not \
+                 accepted: the value must be a single string); {format}"
             ),
         }
     }
@@ -64,9 +62,9 @@ impl fmt::Display for KeyError {
 /// - a bare value, for clients that predate the draft's sf-string syntax: printable ASCII
 ///   without space, `"`, `,` and `;` (0x21–0x7E less those three).
 ///
-/// Optional whitespace around the value is ignored. The key is 1..=[`MAX_KEY_LEN`] bytes
-/// after unquoting.
-pub(crate) fn parse_key(value: &[u8]) -> Result<Vec<u8>, KeyError> {
+/// Optional whitespace around the value is ignored. The key is 1..=`max_len` bytes after
+/// unquoting.
+pub(crate) fn parse_key(value: &[u8], max_len: usize) -> Result<Vec<u8>, KeyError> {
     let value = trim_ows(value);
     let key = match value.first() {
         None => return Err(KeyError::Empty),
@@ -87,7 +85,7 @@ pub(crate) fn parse_key(value: &[u8]) -> Result<Vec<u8>, KeyError> {
     if key.is_empty() {
         return Err(KeyError::Empty);
     }
-    if key.len() > MAX_KEY_LEN {
+    if key.len() > max_len {
         return Err(KeyError::TooLong(key.len()));
     }
     Ok(key)
@@ -120,10 +118,6 @@ fn parse_sf_string(value: &[u8]) -> Result<Vec<u8>, KeyError> {
             }
             _ => return Err(KeyError::BadByte { byte: b, at: i }),
         }
-        // A key can never be longer than this: stop reading a huge value early.
-        if out.len() > MAX_KEY_LEN {
-            return Err(KeyError::TooLong(out.len()));
-        }
     }
     if i != value.len() {
         return Err(KeyError::Trailing);
@@ -147,56 +141,77 @@ mod tests {
 
     #[test]
     fn sf_strings() {
-        assert_eq!(parse_key(br#""abc""#).unwrap(), b"abc");
-        assert_eq!(parse_key(br#""a b""#).unwrap(), b"a b");
-        assert_eq!(parse_key(br#""a\"b\\c""#).unwrap(), br#"a"b\c"#);
-        assert_eq!(parse_key(b" \"x\"\t").unwrap(), b"x");
+        assert_eq!(parse_key(br#""abc""#, MAX_KEY_LEN).unwrap(), b"abc");
+        assert_eq!(parse_key(br#""a b""#, MAX_KEY_LEN).unwrap(), b"a b");
         assert_eq!(
-            parse_key(br#""8e03978e-40d5-43e8-bc93-6894a57f9324""#).unwrap(),
+            parse_key(br#""a\"b\\c""#, MAX_KEY_LEN).unwrap(),
+            br#"a"b\c"#
+        );
+        assert_eq!(parse_key(b" \"x\"\t", MAX_KEY_LEN).unwrap(), b"x");
+        assert_eq!(
+            parse_key(br#""8e03978e-40d5-43e8-bc93-6894a57f9324""#, MAX_KEY_LEN).unwrap(),
             b"8e03978e-40d5-43e8-bc93-6894a57f9324"
         );
     }
 
     #[test]
     fn bare_values() {
-        assert_eq!(parse_key(b"abc").unwrap(), b"abc");
-        assert_eq!(parse_key(b"a+b/c=").unwrap(), b"a+b/c=");
+        assert_eq!(parse_key(b"abc", MAX_KEY_LEN).unwrap(), b"abc");
+        assert_eq!(parse_key(b"a+b/c=", MAX_KEY_LEN).unwrap(), b"a+b/c=");
         // The same contents quoted or not are the same key.
-        assert_eq!(parse_key(b"k-1").unwrap(), parse_key(br#""k-1""#).unwrap());
+        assert_eq!(
+            parse_key(b"k-1", MAX_KEY_LEN).unwrap(),
+            parse_key(br#""k-1""#, MAX_KEY_LEN).unwrap()
+        );
     }
 
     #[test]
     fn bad_values() {
-        assert_eq!(parse_key(b""), Err(KeyError::Empty));
-        assert_eq!(parse_key(b"  "), Err(KeyError::Empty));
-        assert_eq!(parse_key(br#""""#), Err(KeyError::Empty));
-        assert_eq!(parse_key(br#""abc"#), Err(KeyError::Unterminated));
-        assert_eq!(parse_key(br#""abc\"#), Err(KeyError::Unterminated));
-        assert_eq!(parse_key(br#""a\nb""#), Err(KeyError::BadEscape));
-        assert_eq!(parse_key(br#""abc";a=1"#), Err(KeyError::Trailing));
-        assert_eq!(parse_key(br#""a", "b""#), Err(KeyError::Trailing));
+        assert_eq!(parse_key(b"", MAX_KEY_LEN), Err(KeyError::Empty));
+        assert_eq!(parse_key(b"  ", MAX_KEY_LEN), Err(KeyError::Empty));
+        assert_eq!(parse_key(br#""""#, MAX_KEY_LEN), Err(KeyError::Empty));
         assert_eq!(
-            parse_key(b"\"a\x7fb\""),
+            parse_key(br#""abc"#, MAX_KEY_LEN),
+            Err(KeyError::Unterminated)
+        );
+        assert_eq!(
+            parse_key(br#""abc\"#, MAX_KEY_LEN),
+            Err(KeyError::Unterminated)
+        );
+        assert_eq!(
+            parse_key(br#""a\nb""#, MAX_KEY_LEN),
+            Err(KeyError::BadEscape)
+        );
+        assert_eq!(
+            parse_key(br#""abc";a=1"#, MAX_KEY_LEN),
+            Err(KeyError::Trailing)
+        );
+        assert_eq!(
+            parse_key(br#""a", "b""#, MAX_KEY_LEN),
+            Err(KeyError::Trailing)
+        );
+        assert_eq!(
+            parse_key(b"\"a\x7fb\"", MAX_KEY_LEN),
             Err(KeyError::BadByte { byte: 0x7f, at: 2 })
         );
         assert_eq!(
-            parse_key("\"é\"".as_bytes()),
+            parse_key("\"é\"".as_bytes(), MAX_KEY_LEN),
             Err(KeyError::BadByte { byte: 0xc3, at: 1 })
         );
         assert_eq!(
-            parse_key(b"a b"),
+            parse_key(b"a b", MAX_KEY_LEN),
             Err(KeyError::BadByte { byte: b' ', at: 1 })
         );
         assert_eq!(
-            parse_key(b"a,b"),
+            parse_key(b"a,b", MAX_KEY_LEN),
             Err(KeyError::BadByte { byte: b',', at: 1 })
         );
         assert_eq!(
-            parse_key(b"a;b"),
+            parse_key(b"a;b", MAX_KEY_LEN),
             Err(KeyError::BadByte { byte: b';', at: 1 })
         );
         assert_eq!(
-            parse_key(b"ab\""),
+            parse_key(b"ab\"", MAX_KEY_LEN),
             Err(KeyError::BadByte { byte: b'"', at: 2 })
         );
     }
@@ -204,23 +219,31 @@ mod tests {
     #[test]
     fn lengths() {
         let max = "k".repeat(MAX_KEY_LEN);
-        assert_eq!(parse_key(max.as_bytes()).unwrap().len(), MAX_KEY_LEN);
         assert_eq!(
-            parse_key(format!("\"{max}\"").as_bytes()).unwrap().len(),
+            parse_key(max.as_bytes(), MAX_KEY_LEN).unwrap().len(),
+            MAX_KEY_LEN
+        );
+        assert_eq!(
+            parse_key(format!("\"{max}\"").as_bytes(), MAX_KEY_LEN)
+                .unwrap()
+                .len(),
             MAX_KEY_LEN
         );
         let over = "k".repeat(MAX_KEY_LEN + 1);
         assert_eq!(
-            parse_key(over.as_bytes()),
+            parse_key(over.as_bytes(), MAX_KEY_LEN),
             Err(KeyError::TooLong(MAX_KEY_LEN + 1))
         );
         assert_eq!(
-            parse_key(format!("\"{over}\"").as_bytes()),
+            parse_key(format!("\"{over}\"").as_bytes(), MAX_KEY_LEN),
             Err(KeyError::TooLong(MAX_KEY_LEN + 1))
         );
         // Escapes count once: 255 escaped quotes are 255 key bytes.
         let escaped = format!("\"{}\"", "\\\"".repeat(MAX_KEY_LEN));
-        assert_eq!(parse_key(escaped.as_bytes()).unwrap().len(), MAX_KEY_LEN);
+        assert_eq!(
+            parse_key(escaped.as_bytes(), MAX_KEY_LEN).unwrap().len(),
+            MAX_KEY_LEN
+        );
     }
 
     #[test]
@@ -233,8 +256,24 @@ mod tests {
             KeyError::BadByte { byte: 1, at: 0 },
             KeyError::Trailing,
         ] {
-            let detail = e.to_string();
+            let detail = e.detail("x-request-key", 64);
             assert!(detail.contains("RFC 8941"), "{detail}");
+            assert!(detail.contains("the x-request-key "), "{detail}");
+            assert!(detail.contains("1 to 64 bytes"), "{detail}");
         }
+        assert!(KeyError::TooLong(300)
+            .detail("Idempotency-Key", 255)
+            .starts_with("the Idempotency-Key is 300 bytes long, over the limit of 255;"));
+    }
+
+    #[test]
+    fn long_keys_report_their_real_length_and_the_limit_applies() {
+        let long = format!("\"{}\"", "k".repeat(1000));
+        assert_eq!(
+            parse_key(long.as_bytes(), MAX_KEY_LEN),
+            Err(KeyError::TooLong(1000))
+        );
+        assert_eq!(parse_key(b"abcdef", 5), Err(KeyError::TooLong(6)));
+        assert_eq!(parse_key(b"abcde", 5).unwrap(), b"abcde");
     }
 }

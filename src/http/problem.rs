@@ -6,8 +6,9 @@ use std::time::Duration;
 use ::http::header::{CONTENT_TYPE, LINK, RETRY_AFTER};
 use ::http::{HeaderValue, Response, StatusCode};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 
+use super::body::boxed;
 use super::ResponseBody;
 
 /// What went wrong, as the layer tells the client.
@@ -81,10 +82,8 @@ impl Problem {
         problem_type: Option<&str>,
         link: Option<&HeaderValue>,
     ) -> Response<ResponseBody> {
-        let body = Full::new(Bytes::from(self.to_json(problem_type)))
-            .map_err(|never| match never {})
-            .boxed_unsync();
-        let mut response = Response::new(body);
+        let body = Full::new(Bytes::from(self.to_json(problem_type)));
+        let mut response = Response::new(boxed(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(
