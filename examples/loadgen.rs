@@ -21,9 +21,10 @@
 //! more than a small part of a lease). A key therefore expires after `live` newer keys, whatever
 //! the wall-clock rate: the table holds `--live` keys, the timing wheel works over its full
 //! 24 h horizon, and keys leave exactly as fast as they arrive. What is measured is the real
-//! (wall-clock) rate and latency of the claims. Before measuring, the threads prefill `--live`
-//! keys the same way (not measured), so measurement starts at steady state: from its first
-//! claim, the oldest keys are expiring.
+//! (wall-clock) rate and latency of the claims. Before measuring, the threads prefill twice
+//! `--live` keys the same way (not measured): the first window fills the store, the second turns
+//! it over once, so measurement starts at steady state: the tables have grown to the size they
+//! keep, and from the first measured claim the oldest keys are expiring.
 //!
 //! The compression of time has one visible side effect: at 1 M new keys/s, a 24 h window over
 //! 20 M keys runs the manual clock ~4,000x faster than the wall clock (~430,000x at 200,000
@@ -176,7 +177,7 @@ OPTIONS
   --threads T       worker threads (default: the number of cores, {cores} here)
   --dup-ratio F     share of claims that retry a recent key, 0 to 0.99 (default 0.1)
   --value-bytes B   size of the stored result (default 0: Store<()>; else Store<Box<[u8]>>)
-  --seconds S       measured duration (default 20; prefill comes first and is not measured)
+  --seconds S       measured duration (default 15; prefill comes first and is not measured)
   --batch N         idemstore only: claim N keys per Store::claim_id_batch call
   --shards N        idemstore only: shard count (default: the builder's)
   --peer P          run the same workload on P instead: dashmap | scc | moka
@@ -191,8 +192,9 @@ STEADY STATE
   clock for the keys it issues, in steps of at most an eighth of a lease's worth of keys. So a
   key expires after `live` newer keys, keys expire exactly as fast as they arrive, the table
   holds `live` keys and the timing wheel works over the full ttl, while the claims run at their
-  real wall-clock rate, which is what is measured. `live` keys are prefilled the same way first
-  (not measured, progress shown), so measurement starts at steady state. Time runs thousands of
+  real wall-clock rate, which is what is measured. 2 x `live` keys are prefilled the same way
+  first (not measured, progress shown): one window fills the store, one turns it over, so
+  measurement starts at steady state. Time runs thousands of
   times faster than the wall clock, so a thread descheduled for milliseconds between a claim and
   its completion can lose a 30 s lease: counted as lease_lost, not as a violation.
 
@@ -234,6 +236,12 @@ terminal and --json is not given.
     )
 }
 
+/// Windows of `live` keys the prefill issues before measuring: the first fills the store, the
+/// second turns it over once, so the tables have grown to the size they keep (a table that
+/// grew while filling is still fuller than its steady size, and rebuilds once more) and the
+/// oldest keys are expiring as the measurement starts.
+const PREFILL_WINDOWS: u64 = 2;
+
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
@@ -247,7 +255,7 @@ fn parse_args() -> Result<Args, String> {
         threads: default_threads(),
         dup_ratio: 0.1,
         value_bytes: 0,
-        seconds: 20.0,
+        seconds: 15.0,
         json: false,
         peer: Peer::Idemstore,
         batch: None,
@@ -1162,6 +1170,8 @@ struct Shared {
     /// stay within the lease (at small `live` a 30 s lease spans only tens of keys).
     tick: u64,
     ttl_ns: u64,
+    /// Keys the prefill issues: two windows of `live` (see `PREFILL_WINDOWS`).
+    prefill: u64,
     /// Threads done with the prefill.
     prefilled: AtomicUsize,
     go: Barrier,
@@ -1297,10 +1307,10 @@ impl<E: Engine> Worker<'_, E> {
         }
     }
 
-    /// Claims `live` keys in total with the other threads: new keys only, not measured.
+    /// Claims the prefill's keys with the other threads: new keys only, not measured.
     fn prefill(&mut self) {
-        let live = self.shared.live;
-        while let Some(k) = self.new_key(live) {
+        let total = self.shared.prefill;
+        while let Some(k) = self.new_key(total) {
             let t = self.shared.manual_now();
             let o = self.engine.claim(&mut self.local, k, t);
             self.record(
@@ -1520,6 +1530,7 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
         tick: (u128::from(nanos(args.lease)) * u128::from(live) / u128::from(nanos(args.ttl)) / 8)
             .clamp(1, u128::from(chunk)) as u64,
         ttl_ns: nanos(args.ttl),
+        prefill: live * PREFILL_WINDOWS,
         prefilled: AtomicUsize::new(0),
         go: Barrier::new(threads + 1),
         start_ns: AtomicU64::new(0),
@@ -1552,9 +1563,10 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
     let rss_before = rss();
     let engine = make(clock);
 
+    let prefill_keys = live * PREFILL_WINDOWS;
     let bar = progress_bar(
         interactive,
-        live,
+        prefill_keys,
         "prefill {bar:30} {human_pos}/{human_len} keys, eta {eta}, {msg}",
     );
     let mut maintenance_reclaimed = 0u64;
@@ -1602,14 +1614,14 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
                 maintenance_reclaimed += engine.maintenance() as u64;
                 last_maint = now;
             }
-            let done = shared.issued.load(Ordering::Relaxed).min(live);
+            let done = shared.issued.load(Ordering::Relaxed).min(prefill_keys);
             bar.set_position(done);
             bar.set_message(format!("RSS {}", fmt_bytes(rss())));
             if now - last_line >= 5_000_000_000 {
                 quiet_log(&format!(
                     "prefill: {} of {} keys",
                     group_digits(done),
-                    group_digits(live)
+                    group_digits(prefill_keys)
                 ));
                 last_line = now;
             }
@@ -1619,9 +1631,9 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
         if !args.json {
             eprintln!(
                 "prefill: {} keys in {:.1} s ({:.2} M/s), not measured; measuring {} s...",
-                group_digits(live),
+                group_digits(prefill_keys),
                 prefill_s,
-                live as f64 / prefill_s / 1e6,
+                prefill_keys as f64 / prefill_s / 1e6,
                 args.seconds
             );
         }

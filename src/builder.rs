@@ -295,6 +295,7 @@ impl<V> Builder<V> {
                 let bound = base + usize::from(i < extra);
                 let ttl = ttl_nanos.div_ceil(1_000_000);
                 CachePadded::new(ShardCell::new(
+                    i,
                     bound,
                     ttl,
                     per_shard_capacity,

@@ -8,6 +8,9 @@ use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Event, Ordering, RwLock};
 use crate::table::{Probe, Table, Whereabouts, MIN_CAPACITY};
 use crate::wheel::Wheel;
 
+/// How many due records ahead expiry prefetches the entry of.
+const EXPIRY_PREFETCH: usize = 8;
+
 /// Expiry records a claim may process before its own work: bounds the latency expiry adds.
 pub(crate) const CLAIM_EXPIRY_BUDGET: usize = 8;
 
@@ -57,6 +60,11 @@ pub(crate) struct Shard<V> {
     /// The store's ttl in ms (rounded up): the soonest an in-flight entry's deadline can
     /// become if it completes now, which is where its wheel record must be.
     ttl: u64,
+    /// The load (percent, 60 to 70) a rebuild sizes the new table for. It differs from shard to
+    /// shard so that shards filled at the same pace reach their rebuild points at different
+    /// key counts: rebuilds, which hold a shard's lock while they move its entries, then come
+    /// one shard at a time instead of in a wave across all shards.
+    target_load: usize,
     /// The latest clock reading (ns) any write-locked operation on this shard has used.
     last_nanos: u64,
     pub(crate) counts: Counts,
@@ -86,7 +94,14 @@ pub(crate) enum Outcome<V> {
 }
 
 impl<V> ShardCell<V> {
-    pub(crate) fn new(bound: usize, ttl: u64, capacity: usize, now: u64, huge: bool) -> Self {
+    pub(crate) fn new(
+        index: usize,
+        bound: usize,
+        ttl: u64,
+        capacity: usize,
+        now: u64,
+        huge: bool,
+    ) -> Self {
         let table = Table::new(capacity.min(max_capacity(bound)), huge);
         let whereabouts = Whereabouts::default();
         whereabouts.update(&table);
@@ -97,6 +112,8 @@ impl<V> ShardCell<V> {
                 next_token: 1,
                 bound,
                 ttl,
+                // Spread over 60..=70 by a multiplicative hash of the index.
+                target_load: 60 + (index.wrapping_mul(0x9e37_79b9) >> 8) % 11,
                 last_nanos: 0,
                 counts: Counts::default(),
             }),
@@ -328,7 +345,7 @@ impl<V> Shard<V> {
     pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64) {
         let held = self.table.occupied();
         let survivors = held.saturating_sub(cell.vacant.load(Ordering::Relaxed));
-        let wanted = ((survivors + 1) * 100).div_ceil(65);
+        let wanted = ((survivors + 1) * 100).div_ceil(self.target_load);
         let capacity = wanted.min(max_capacity(self.bound)).max(MIN_CAPACITY);
         event!(
             held,
@@ -378,6 +395,12 @@ impl<V> Shard<V> {
             let Some(idx) = self.wheel.pop(now) else {
                 break;
             };
+            // Due records come in bulk (a whole wheel slot at a time) and each needs its
+            // entry's word, a random access: fetch the entries of the next ones while this one
+            // is handled, so their misses overlap instead of following one another.
+            if let Some(ahead) = self.wheel.due_ahead(EXPIRY_PREFETCH) {
+                self.table.prefetch_slot(ahead as usize);
+            }
             let i = idx as usize;
             if !self.table.is_occupied(i) {
                 continue;

@@ -21,6 +21,8 @@ pub(crate) const DELETED: u8 = 1;
 pub(crate) const GROUP: usize = 8;
 /// The smallest table, in slots.
 pub(crate) const MIN_CAPACITY: usize = 2 * GROUP;
+/// Groups [`Table::passed_through`] looks at before it gives up and keeps a tombstone.
+const PASS_SCAN: usize = 4;
 /// In the map [`Table::rebuild`] returns: the entry was dropped.
 pub(crate) const MOVED_NOWHERE: u32 = u32::MAX;
 
@@ -415,13 +417,54 @@ impl<V> Table<V> {
         self.set_fingerprint(pos, fingerprint);
     }
 
+    /// Whether some entry beyond the full group `g` got there on a probe path through `g`, so
+    /// that `g` must stay without an EMPTY byte for probes to reach it. Looks at the groups
+    /// after `g` up to the first one with an EMPTY byte (no probe path continues past it), at
+    /// most [`PASS_SCAN`] of them; past that it answers yes, which is always safe.
+    fn passed_through(&self, g: usize) -> bool {
+        let n = self.groups;
+        let mut k = g;
+        for _ in 0..PASS_SCAN.min(n - 1) {
+            k = if k + 1 == n { 0 } else { k + 1 };
+            let tags = self.group_tags(k);
+            let empty = zero_bytes(tags);
+            let mut held = !(empty | match_byte(tags, DELETED)) & (LSB << 7);
+            while held != 0 {
+                let j = k * GROUP + (held.trailing_zeros() / 8) as usize;
+                let s = &self.mem.slots()[j];
+                let home = ((u128::from(s.lo) * n as u128) >> 64) as usize;
+                // The entry's path runs from `home` to `k`; it passes `g` if `g` comes before
+                // `k` going round from `home`.
+                if (g + n - home) % n < (k + n - home) % n {
+                    return true;
+                }
+                held &= held - 1;
+            }
+            if empty != 0 {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Starts loading slot `i`'s tag and state word, which expiry is about to read.
+    #[inline]
+    pub(crate) fn prefetch_slot(&self, i: usize) {
+        if let (Some(tag), Some(slot)) = (self.mem.tags().get(i), self.mem.slots().get(i)) {
+            prefetch(std::ptr::from_ref(tag).cast::<i8>());
+            prefetch(std::ptr::from_ref(&slot.word).cast::<i8>());
+        }
+    }
+
     /// Removes the entry in slot `i`, dropping its value.
     pub(crate) fn remove(&mut self, i: usize) {
         debug_assert!(self.is_occupied(i));
-        // A group that still has an EMPTY byte was never full since the last rebuild, so no
-        // probe ever passed through it: the slot can go back to EMPTY instead of a tombstone.
+        // Probes stop at a group with an EMPTY byte, so a slot may go back to EMPTY unless some
+        // entry sits beyond its group on a probe path through it. A group that already has an
+        // EMPTY byte has no such entry; a full one usually has none either (checked), and only
+        // then does the slot become a tombstone. Fewer tombstones, fewer rebuilds.
         let g = i / GROUP;
-        if zero_bytes(self.group_tags(g)) != 0 {
+        if zero_bytes(self.group_tags(g)) != 0 || !self.passed_through(g) {
             self.mem.tags_mut()[i] = EMPTY;
         } else {
             self.mem.tags_mut()[i] = DELETED;
@@ -645,6 +688,63 @@ mod tests {
                 assert_eq!(rebuilt.fingerprint(at), 7);
             }
         }
+    }
+
+    /// A hash whose home is group `home` of 8, told apart by `n`.
+    fn homed(home: u64, n: u64) -> KeyHash {
+        KeyHash {
+            hi: 0x100 + n,
+            lo: (home << 61) | n,
+        }
+    }
+
+    #[test]
+    fn removal_keeps_a_tombstone_only_where_a_probe_passed_through() {
+        let mut t: Table<()> = Table::with_capacity(64);
+        assert_eq!(t.groups, 8);
+        // Nine keys homed at group 0: the ninth overflows into group 1.
+        let keys: Vec<KeyHash> = (0..9).map(|n| homed(0, n)).collect();
+        for h in &keys {
+            let Probe::Absent(pos) = t.probe(h) else {
+                panic!()
+            };
+            t.insert_at(pos, h, w(5), 0);
+        }
+        let overflow = t.find(&keys[8]).unwrap();
+        assert_eq!(overflow / GROUP, 1);
+        // Group 0 is full and the ninth key's path runs through it: a tombstone.
+        t.remove(t.find(&keys[0]).unwrap());
+        assert_eq!(t.deleted, 1);
+        assert_eq!(
+            t.find(&keys[8]),
+            Some(overflow),
+            "the overflowed key is still found"
+        );
+        // The overflowed key goes: group 1 has EMPTY bytes, so no tombstone there.
+        t.remove(overflow);
+        assert_eq!(t.deleted, 1);
+        // Now nothing lies beyond group 0 on a path through it: EMPTY, not a tombstone.
+        t.remove(t.find(&keys[1]).unwrap());
+        assert_eq!(t.deleted, 1);
+        for h in &keys[2..8] {
+            assert!(t.find(h).is_some());
+        }
+        // A key homed at group 7 that overflows wraps round into group 0's free slots.
+        for n in 0..9 {
+            let h = homed(7, 100 + n);
+            let Probe::Absent(pos) = t.probe(&h) else {
+                panic!()
+            };
+            t.insert_at(pos, &h, w(5), 0);
+        }
+        let wrapped = t.find(&homed(7, 108)).unwrap();
+        assert_eq!(wrapped / GROUP, 0, "wrapped round");
+        // Group 7 is full and the wrapped key passed through it. (The wrapped key took group
+        // 0's first free slot, the earlier tombstone.)
+        let gone = t.find(&homed(7, 100)).unwrap();
+        t.remove(gone);
+        assert_eq!(t.mem.tags()[gone], DELETED);
+        assert_eq!(t.find(&homed(7, 108)), Some(wrapped));
     }
 
     #[test]

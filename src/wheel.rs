@@ -137,6 +137,14 @@ impl Wheel {
         !self.due.is_empty() || self.next_at <= now
     }
 
+    /// The record `k` places after the next one [`Wheel::pop`] hands back from the records
+    /// already due, if there are that many: expiry prefetches its entry.
+    #[inline]
+    pub(crate) fn due_ahead(&self, k: usize) -> Option<u32> {
+        let j = self.due.len().checked_sub(k + 1)?;
+        Some(self.due[j])
+    }
+
     /// Hands back the next record whose slot time is at or before `now`, or `None`. The caller
     /// either reclaims the entry or files the record again with [`Wheel::insert`].
     pub(crate) fn pop(&mut self, now: u64) -> Option<u32> {
