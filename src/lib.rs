@@ -100,7 +100,7 @@
 //! A window of `W` seconds at `R` new keys per second holds `R·W` live keys: 1 M keys/s for 24 h
 //! is 86.4 billion keys, about 1.4 TB of bare 16-byte hashes — beyond one machine. A dedup-only
 //! entry (`V = ()`) costs a 24-byte slot, a tag byte and a 4-byte wheel record, at a table load
-//! between 0.65 and 0.9: see the README for measured bytes per live entry. [`Store::stats`] says
+//! between about 0.6 and 0.9: see the README for measured bytes per live entry. [`Store::stats`] says
 //! what the store holds.
 //!
 //! Where values are stored, each completed entry holds one shared allocation of its value. The

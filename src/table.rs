@@ -4,7 +4,7 @@
 //! byte of the key's hash. A probe reads eight tags as one `u64` and finds matching and empty
 //! bytes with exact SWAR arithmetic, so it touches the 24-byte slots only for likely matches.
 //! The home group comes from a multiply-shift, so the group count is free to be any number and
-//! the table grows by about 1.4x instead of 2x, which keeps the load between 0.65 and 0.9.
+//! the table grows by about 1.4x instead of 2x, which keeps the load between about 0.6 and 0.9.
 //!
 //! Slots never move except when the whole table is rebuilt, which is what lets the timing wheel
 //! refer to an entry by its 4-byte index.
