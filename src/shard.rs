@@ -338,9 +338,9 @@ impl<V> Shard<V> {
         }
     }
 
-    /// Rebuilds the table without its dead entries, sized at the shard's target load (0.60-0.70) for the
-    /// entries held less the released ones (so it grows ~1.4x when full of live keys), and
-    /// points the wheel's records at the entries' new slots.
+    /// Rebuilds the table without its dead entries, sized at the shard's target load (0.60 to
+    /// 0.70) for the entries held less the released ones (so it grows ~1.4x when full of live
+    /// keys), and points the wheel's records at the entries' new slots.
     #[cold]
     pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64) {
         let held = self.table.occupied();
