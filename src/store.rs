@@ -368,26 +368,15 @@ impl<V> Store<V> {
         options: &ClaimOptions<'_>,
         max_wait: Duration,
     ) -> Result<Claim<'_, V>, Error> {
-        let (h, fp, lease) = self.prepare(key.as_ref(), options)?;
-        let inner = &*self.inner;
-        let until = inner.clock.now_nanos().saturating_add(nanos_of(max_wait));
-        let _waiting = Waiting::new(&inner.cell(&h).waiting);
+        let (wait, _waiting) = self.start_wait(key.as_ref(), options, max_wait)?;
         loop {
             // Listen before looking, so a completion between the look and the wait still
             // wakes this waiter.
-            let mut listener = inner.wake_event(&h).listen();
-            let claim = self.claim_hashed(h, fp, lease)?;
-            let pause = match &claim {
-                Claim::InProgress(p) => inner.pause(p, until),
-                _ => None,
-            };
-            let Some(pause) = pause else {
-                return Ok(claim);
-            };
-            drop(claim);
-            match pause {
-                Pause::UntilNotified => (&mut listener).await,
-                Pause::AtMost(d) => {
+            let mut listener = self.inner.wake_event(&wait.h).listen();
+            match self.look(&wait)? {
+                Ok(claim) => return Ok(claim),
+                Err(Pause::UntilNotified) => (&mut listener).await,
+                Err(Pause::AtMost(d)) => {
                     let mut timer = futures_timer::Delay::new(d);
                     std::future::poll_fn(|cx| {
                         if Pin::new(&mut listener).poll(cx).is_ready()
@@ -412,25 +401,51 @@ impl<V> Store<V> {
         options: &ClaimOptions<'_>,
         max_wait: Duration,
     ) -> Result<Claim<'_, V>, Error> {
-        let (h, fp, lease) = self.prepare(key.as_ref(), options)?;
-        let inner = &*self.inner;
-        let until = inner.clock.now_nanos().saturating_add(nanos_of(max_wait));
-        let _waiting = Waiting::new(&inner.cell(&h).waiting);
+        let (wait, _waiting) = self.start_wait(key.as_ref(), options, max_wait)?;
         loop {
-            let listener = inner.wake_event(&h).listen();
-            let claim = self.claim_hashed(h, fp, lease)?;
-            let pause = match &claim {
-                Claim::InProgress(p) => inner.pause(p, until),
-                _ => None,
-            };
-            match pause {
-                None => return Ok(claim),
-                Some(Pause::UntilNotified) => listener.wait(),
-                Some(Pause::AtMost(d)) => {
+            let listener = self.inner.wake_event(&wait.h).listen();
+            match self.look(&wait)? {
+                Ok(claim) => return Ok(claim),
+                Err(Pause::UntilNotified) => listener.wait(),
+                Err(Pause::AtMost(d)) => {
                     let _ = listener.wait_timeout(d);
                 }
             }
         }
+    }
+
+    /// Checks a waiting claim's input and counts the waiter in its shard (until the returned
+    /// `Waiting` is dropped, with the wait or its future).
+    fn start_wait(
+        &self,
+        key: &[u8],
+        options: &ClaimOptions<'_>,
+        max_wait: Duration,
+    ) -> Result<(Wait, Waiting<'_>), Error> {
+        let (h, fp, lease) = self.prepare(key, options)?;
+        let inner = &*self.inner;
+        let until = inner.clock.now_nanos().saturating_add(nanos_of(max_wait));
+        let waiting = Waiting::new(&inner.cell(&h).waiting);
+        Ok((
+            Wait {
+                h,
+                fp,
+                lease,
+                until,
+            },
+            waiting,
+        ))
+    }
+
+    /// One look of a waiting claim: the claim to hand back (`Ok`), or how long to pause before
+    /// the next look (`Err`).
+    fn look(&self, wait: &Wait) -> Result<Result<Claim<'_, V>, Pause>, Error> {
+        let claim = self.claim_hashed(wait.h, wait.fp, wait.lease)?;
+        let pause = match &claim {
+            Claim::InProgress(p) => self.inner.pause(p, wait.until),
+            _ => None,
+        };
+        Ok(pause.map_or(Ok(claim), Err))
     }
 
     /// Checks a claim's key and options; returns its hash, fingerprint hash and lease.
@@ -715,6 +730,15 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What a waiting claim looks for: its key's hash, fingerprint hash and lease, and when its
+/// wait ends (ns on the store's clock).
+struct Wait {
+    h: KeyHash,
+    fp: u64,
+    lease: u64,
+    until: u64,
 }
 
 /// How long a waiter pauses before it looks at the key again.

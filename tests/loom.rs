@@ -110,7 +110,12 @@ enum Seen {
 
 /// Claims `key` and, if acquired, completes it with `value` at once.
 fn claim_and_complete(store: &Store<u64>, key: &str, value: u64) -> Seen {
-    match store.claim(key).expect("claim must not fail") {
+    seen(store.claim(key).expect("claim must not fail"), value)
+}
+
+/// What a claim returned; if it acquired the key, completes it with `value` at once.
+fn seen(claim: Claim<'_, u64>, value: u64) -> Seen {
+    match claim {
         Claim::Acquired(g) => {
             let (token, takeover) = (g.token(), g.is_takeover());
             Seen::Acquired {
@@ -675,22 +680,8 @@ fn rebuild_races_complete() {
 fn wait_for_key(store: &Store<u64>, value: u64) -> Seen {
     let opts = idemstore::ClaimOptions::new();
     // Far longer than anything the models advance the clock by: the wait ends on a wake-up.
-    match store
-        .claim_wait_blocking(KEY, &opts, TTL)
-        .expect("claim must not fail")
-    {
-        Claim::Acquired(g) => {
-            let (token, takeover) = (g.token(), g.is_takeover());
-            Seen::Acquired {
-                token,
-                takeover,
-                completed: g.complete(value),
-            }
-        }
-        Claim::InProgress(_) => Seen::InProgress,
-        Claim::Completed(r) => Seen::Completed(*r.value()),
-        Claim::Mismatch(_) => Seen::Mismatch,
-    }
+    let claim = store.claim_wait_blocking(KEY, &opts, TTL);
+    seen(claim.expect("claim must not fail"), value)
 }
 
 /// Model 7: a duplicate waits for the key while its owner completes or releases it (by
