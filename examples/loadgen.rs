@@ -1888,7 +1888,7 @@ impl Report {
         );
         println!(
             "  prefill        {} keys in {:.1} s, not measured",
-            group_digits(a.live),
+            group_digits(a.live * PREFILL_WINDOWS),
             self.prefill_s
         );
         println!(
