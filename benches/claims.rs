@@ -66,6 +66,10 @@ use criterion::{
 };
 use idemstore::{Claim, Clock, ManualClock, Store};
 
+#[path = "../examples/common/keys.rs"]
+mod keys;
+use keys::{key, mix};
+
 const THREADS: usize = 2;
 const DEFAULT_KEYS: [u64; 2] = [1_000_000, 10_000_000];
 const DEFAULT_BATCH: u64 = 200_000;
@@ -138,23 +142,6 @@ impl Config {
 /// The peers asked for (`IDEMSTORE_BENCH_PEERS`, default all).
 fn wants(peer: &str) -> bool {
     std::env::var("IDEMSTORE_BENCH_PEERS").map_or(true, |list| list.split(',').any(|p| p == peer))
-}
-
-/// The `i`-th key: distinct for distinct `i` (the low half is a bijection of `i`) and spread
-/// like random ids, so no structure sees friendly sequential keys. Keys `0..N` are the
-/// filled ones; new keys come from `N..`.
-#[inline]
-fn key(i: u64) -> u128 {
-    (u128::from(mix(i ^ 0x5851_f42d_4c95_7f2d)) << 64) | u128::from(mix(i))
-}
-
-/// splitmix64's finalizer: a bijection on u64.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Runs `op` on every key, the keys split into `THREADS` contiguous runs, one per thread.

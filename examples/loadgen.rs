@@ -109,6 +109,10 @@ use hdrhistogram::Histogram;
 use idemstore::{Claim, Clock, Error, ManualClock, Store};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+#[path = "common/keys.rs"]
+mod keys;
+use keys::{key, mix};
+
 /// Keys per block taken from the shared counter (fewer when `--live` is small).
 const MAX_CHUNK: u64 = 1024;
 /// Recently completed keys per thread that retries are drawn from (fewer when `--live` is small).
@@ -985,22 +989,6 @@ impl<P: Payload + Clone> Engine for Moka<P> {
 
 // ---------------------------------------------------------------------------------------------
 // Keys, clocks, measurements
-
-/// The `i`-th key: distinct for distinct `i` (the low half is a bijection of `i`) and spread
-/// like random ids (UUIDs, message ids).
-#[inline]
-fn key(i: u64) -> u128 {
-    (u128::from(mix(i ^ 0x5851_f42d_4c95_7f2d)) << 64) | u128::from(mix(i))
-}
-
-/// splitmix64's finalizer: a bijection on u64.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

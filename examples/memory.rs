@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use idemstore::{Claim, Store};
 
+#[path = "common/keys.rs"]
+mod keys;
+use keys::key;
+
 const DEFAULT_KEYS: usize = 10_000_000;
 const DEFAULT_THREADS: usize = 2;
 const STRUCTURES: [&str; 2] = ["idemstore", "dashmap"];
@@ -425,20 +429,4 @@ fn fill(n: usize, threads: usize, op: impl Fn(u128) + Sync) {
             s.spawn(move || (lo..hi).for_each(|i| op(key(i))));
         }
     });
-}
-
-/// The `i`-th key: distinct for distinct `i` (the low half is a bijection of `i`) and spread
-/// like random ids (UUIDs, message ids), so neither structure sees friendly sequential keys.
-#[inline]
-fn key(i: u64) -> u128 {
-    (u128::from(mix(i ^ 0x5851_f42d_4c95_7f2d)) << 64) | u128::from(mix(i))
-}
-
-/// splitmix64's finalizer: a bijection on u64.
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
