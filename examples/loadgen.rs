@@ -68,9 +68,9 @@
 //! values). Entries are what the structure holds at the end (for idemstore including expired
 //! entries not reclaimed yet, which should be few).
 //!
-//! **Maintenance.** The main thread calls `Store::run_maintenance` once a second, as a service
-//! would with `Builder::maintenance_interval(1 s)`; what it reclaims is reported. Claims reclaim
-//! most expired keys themselves (up to 8 per claim).
+//! **Maintenance.** The main thread calls `Store::run_maintenance` once a second (change it with
+//! `--maintenance`), as a service would with `Builder::maintenance_interval(1 s)`; what it
+//! reclaims is reported. Claims reclaim most expired keys themselves (up to 8 per claim).
 //!
 //! # Peers (`--peer dashmap|scc|moka`)
 //!
@@ -132,6 +132,8 @@ struct Args {
     live: u64,
     ttl: Duration,
     lease: Duration,
+    /// How often the main thread runs the engine's maintenance; `None`: never.
+    maintenance: Option<Duration>,
     /// Claims per second offered, all threads together; `None` = closed loop.
     rate: Option<f64>,
     threads: usize,
@@ -176,6 +178,8 @@ OPTIONS
   --live N          live keys held at steady state (default 20_000_000; k/m suffixes ok)
   --ttl D           dedup window (default 24h; forms: 24h, 30m, 1s, 500ms, 2d, 1.5s)
   --lease D         in-flight lease of a claim (default 30s)
+  --maintenance D   how often the main thread runs Store::run_maintenance, as a service would
+                    with Builder::maintenance_interval (default 1s; off: claims alone reclaim)
   --rate R|max      claims per second offered, all threads together (default 1_000_000);
                     `max` = closed loop, each thread claims as fast as it can
   --threads T       worker threads (default: the number of cores, {cores} here)
@@ -255,6 +259,7 @@ fn parse_args() -> Result<Args, String> {
         live: 20_000_000,
         ttl: Duration::from_secs(86_400),
         lease: Duration::from_secs(30),
+        maintenance: Some(Duration::from_secs(1)),
         rate: Some(1_000_000.0),
         threads: default_threads(),
         dup_ratio: 0.1,
@@ -283,6 +288,14 @@ fn parse_args() -> Result<Args, String> {
             "--live" => args.live = parse_count(&value()?)?,
             "--ttl" => args.ttl = parse_duration(&value()?)?,
             "--lease" => args.lease = parse_duration(&value()?)?,
+            "--maintenance" => {
+                let v = value()?;
+                args.maintenance = if v.eq_ignore_ascii_case("off") {
+                    None
+                } else {
+                    Some(parse_duration(&v)?).filter(|d| !d.is_zero())
+                };
+            }
             "--rate" => {
                 let v = value()?;
                 args.rate = if v.eq_ignore_ascii_case("max") {
@@ -1598,7 +1611,10 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
         while shared.prefilled.load(Ordering::Acquire) < threads {
             std::thread::sleep(Duration::from_millis(20));
             let now = wall.now();
-            if now - last_maint >= 1_000_000_000 {
+            if args
+                .maintenance
+                .is_some_and(|d| now - last_maint >= nanos(d))
+            {
                 maintenance_reclaimed += engine.maintenance() as u64;
                 last_maint = now;
             }
@@ -1641,7 +1657,10 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
         loop {
             std::thread::sleep(Duration::from_millis(250));
             let now = wall.now();
-            if now - last_maint >= 1_000_000_000 {
+            if args
+                .maintenance
+                .is_some_and(|d| now - last_maint >= nanos(d))
+            {
                 maintenance_reclaimed += engine.maintenance() as u64;
                 last_maint = now;
             }
