@@ -108,6 +108,17 @@
 //! heap memory): a heavier value is refused with [`Error::ValueTooLarge`], so stored values take
 //! at most `max_entries × max_value_size` bytes, plus about 16 bytes of header each.
 //!
+//! A table of 2 MiB or more lives in a mapping of its own, tags and slots together, marked for
+//! transparent huge pages on Linux, so a claim's two random accesses rarely miss the TLB as well
+//! as the cache ([`Builder::huge_pages`] turns this off).
+//!
+//! # HTTP
+//! With the `http` feature, `http::IdempotencyLayer` is a tower layer after the
+//! IETF Idempotency-Key draft: one layer in front of an axum (or any tower) router makes `POST`
+//! and `PATCH` idempotent, with byte-exact replays, `409`/`422`/`400`/`503` as problem details,
+//! and waiting for in-flight duplicates. Its module docs give the expiry policy the draft asks
+//! services to publish.
+//!
 //! # Observability
 //! [`Store::stats`] counts claims by outcome, completions, releases, lease and ttl expiries, and
 //! reports entries held and memory. Two optional features connect the facades (the library never
