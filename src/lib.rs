@@ -123,7 +123,7 @@
 //! [`Store::stats`] counts claims by outcome, completions, releases, lease and ttl expiries, and
 //! reports entries held and memory. Two optional features connect the facades (the library never
 //! installs a recorder or a subscriber):
-//! - `metrics`: [`Stats::record`] publishes the figures through the `metrics` facade, and the
+//! - `metrics`: `Stats::record` publishes the figures through the `metrics` facade, and the
 //!   maintenance thread does so after every pass;
 //! - `tracing`: rare events (refusals at capacity, takeovers, lost leases, table rebuilds) as
 //!   `tracing` debug events with target `idemstore`; nothing is emitted on the claim fast path.
