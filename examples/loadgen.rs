@@ -111,7 +111,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[path = "common/keys.rs"]
 mod keys;
+#[path = "common/measure.rs"]
+mod measure;
 use keys::{key, mix};
+use measure::{cpu_time, group_digits, proc_status_bytes};
 
 /// Keys per block taken from the shared counter (fewer when `--live` is small).
 const MAX_CHUNK: u64 = 1024;
@@ -1027,36 +1030,8 @@ impl Wall {
     }
 }
 
-/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`); 0 where there is no procfs.
-fn proc_status_bytes(field: &str) -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0;
-    };
-    status
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(field)?.strip_prefix(':')?;
-            let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-            Some(kb * 1024)
-        })
-        .unwrap_or(0)
-}
-
 fn rss() -> u64 {
-    proc_status_bytes("VmRSS")
-}
-
-/// CPU time of this process, user + system, all threads (`/proc/self/stat`, 100 Hz ticks).
-fn cpu_time() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return Duration::ZERO;
-    };
-    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_millis((field(11) + field(12)) * 10)
+    proc_status_bytes("VmRSS").unwrap_or(0)
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -1645,7 +1620,7 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
         // The measured window.
         let expiries0 = engine.expiries();
         let maint0 = maintenance_reclaimed;
-        let cpu0 = cpu_time();
+        let cpu0 = cpu_time().unwrap_or_default();
         let start = wall.now() + 1_000_000;
         let end = start + (args.seconds * 1e9) as u64;
         shared.start_ns.store(start, Ordering::Relaxed);
@@ -1705,7 +1680,7 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
             sweeper_bytes = sweeper_bytes.max(r.local_bytes.0);
             sweeper_grew |= r.local_bytes.1;
         }
-        let cpu_s = (cpu_time() - cpu0).as_secs_f64();
+        let cpu_s = (cpu_time().unwrap_or_default() - cpu0).as_secs_f64();
         bar.finish_and_clear();
         let expiries = engine.expiries() - expiries0;
         engine.settle();
@@ -1726,7 +1701,7 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
             accounted_bytes: engine.accounted_bytes(),
             rss_before,
             rss_after: rss(),
-            peak_rss: proc_status_bytes("VmHWM"),
+            peak_rss: proc_status_bytes("VmHWM").unwrap_or(0),
             sweeper_bytes,
             sweeper_grew,
         }
@@ -2163,18 +2138,6 @@ impl Json {
         self.0.push('}');
         self.0
     }
-}
-
-fn group_digits(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn fmt_bytes(b: u64) -> String {

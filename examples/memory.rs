@@ -35,7 +35,24 @@ use idemstore::{Claim, Store};
 
 #[path = "common/keys.rs"]
 mod keys;
+#[path = "common/measure.rs"]
+mod measure;
 use keys::key;
+
+/// CPU time of this process; this example measures on Linux only.
+fn cpu_time() -> Duration {
+    measure::cpu_time().expect("/proc/self/stat (this example measures on Linux only)")
+}
+
+/// A field of `/proc/self/status` in bytes; this example measures memory on Linux only.
+fn proc_status_bytes(field: &str) -> u64 {
+    measure::proc_status_bytes(field)
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status (Linux only)"))
+}
+
+fn group_digits(n: usize) -> String {
+    measure::group_digits(n as u64)
+}
 
 const DEFAULT_KEYS: usize = 10_000_000;
 const DEFAULT_THREADS: usize = 2;
@@ -206,18 +223,6 @@ fn print_table(args: &Args, results: &[Measurement]) {
     }
 }
 
-fn group_digits(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// One structure's numbers.
 #[derive(Debug, Clone, Default)]
 struct Measurement {
@@ -318,32 +323,6 @@ impl Measurement {
             accounted: num("accounted_bytes") as u64,
         }
     }
-}
-
-/// CPU time this process has used, user + system, all threads (from `/proc/self/stat`, in
-/// the kernel's fixed 100 Hz ticks). Unlike wall time it does not grow when other processes
-/// take the cores, which on a shared machine is the steadier number.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`).
-fn proc_status_bytes(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .expect("/proc/self/status (this example measures memory on Linux only)");
-    status
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix(field)?.strip_prefix(':')?;
-            let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-            Some(kb * 1024)
-        })
-        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
 }
 
 /// Measures one structure in this process.
