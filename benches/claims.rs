@@ -8,6 +8,8 @@
 //! IDEMSTORE_BENCH_KEYS=200000 cargo bench --bench claims -- --quick   # smoke run
 //! cargo bench --bench claims -- unique/                       # one group
 //! IDEMSTORE_BENCH_PEERS=dashmap cargo bench --bench claims    # fewer peers (comma list)
+//! IDEMSTORE_BENCH_CLOCK=precise cargo bench --bench claims    # Clock::precise, not the default
+//! IDEMSTORE_BENCH_SHARDS=16 cargo bench --bench claims        # a shard count, not the default
 //! ```
 //!
 //! Groups, throughput in claims per second:
@@ -176,13 +178,22 @@ fn run_parallel_batches(keys: &[u128], op: impl Fn(&[u128]) + Sync) -> Duration 
 const BATCH: usize = 64;
 
 fn new_store(cfg: &Config) -> Store<()> {
-    Store::builder()
+    let builder = Store::builder()
         // Far above what a run reaches, so no claim is ever refused.
         .max_entries(200_000_000.max(cfg.keys as usize * 4))
         .ttl(Duration::from_secs(86_400))
-        .lease(Duration::from_secs(30))
-        .build()
-        .expect("store")
+        .lease(Duration::from_secs(30));
+    let builder = match std::env::var("IDEMSTORE_BENCH_CLOCK").as_deref() {
+        Ok("precise") => builder.clock(Clock::precise()),
+        Ok("system") | Err(_) => builder,
+        Ok(other) => panic!("IDEMSTORE_BENCH_CLOCK={other:?}: system or precise"),
+    };
+    match std::env::var("IDEMSTORE_BENCH_SHARDS") {
+        Ok(_) => builder.shards(env_num("IDEMSTORE_BENCH_SHARDS", 0)),
+        Err(_) => builder,
+    }
+    .build()
+    .expect("store")
 }
 
 /// Claims and completes `keys` on 2 threads.
@@ -471,6 +482,7 @@ fn bench_peers(g: &mut Group<'_>, cfg: Config, op: PeerOp, keys: fn(&Config) -> 
 
 /// A never-seen key's claim, not completed: forgotten, not dropped, since dropping would
 /// release the key (extra work a real caller does not do).
+#[inline(always)]
 fn acquired_forgotten(claim: Claim<'_, ()>) {
     match claim {
         Claim::Acquired(guard) => std::mem::forget(guard),
@@ -478,6 +490,7 @@ fn acquired_forgotten(claim: Claim<'_, ()>) {
     }
 }
 
+#[inline(always)]
 fn replayed(claim: Claim<'_, ()>) {
     match claim {
         Claim::Completed(replay) => {
@@ -487,6 +500,7 @@ fn replayed(claim: Claim<'_, ()>) {
     }
 }
 
+#[inline(always)]
 fn acquired_completed(claim: Claim<'_, ()>) {
     match claim {
         Claim::Acquired(guard) => guard.complete(()).expect("complete"),

@@ -152,7 +152,7 @@ impl<V> Shard<V> {
     }
 
     /// Claims `h` at `now` (ms) for a lease ending at `lease_deadline` (ms). Write lock held.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn claim(
         &mut self,
         cell: &ShardCell<V>,
@@ -186,7 +186,7 @@ impl<V> Shard<V> {
         outcome
     }
 
-    #[inline]
+    #[inline(always)]
     fn claim_key(
         &mut self,
         cell: &ShardCell<V>,
@@ -243,7 +243,7 @@ impl<V> Shard<V> {
         t
     }
 
-    #[inline]
+    #[inline(always)]
     fn claim_existing(
         &mut self,
         cell: &ShardCell<V>,

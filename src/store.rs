@@ -624,7 +624,7 @@ impl<V> Store<V> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn claim_hashed(&self, h: KeyHash, fp: u64, lease_nanos: u64) -> Result<Claim<'_, V>, Error> {
         let inner = &*self.inner;
         let shard = h.shard(inner.shard_bits);

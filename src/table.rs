@@ -345,7 +345,7 @@ impl<V> Table<V> {
     }
 
     /// Finds `h`, or the first free slot on its path.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn probe(&self, h: &KeyHash) -> Probe {
         let tag = h.tag();
         let mut g = h.home(self.groups);
