@@ -529,7 +529,7 @@ fn fresh(_: &Config) -> Option<Vec<u128>> {
 }
 
 /// A group that claims never-seen keys, each handled by `check` (forgotten or completed).
-fn new_keys(c: &mut Criterion, name: &str, check: fn(Claim<'_, ()>)) {
+fn new_keys(c: &mut Criterion, name: &str, check: impl for<'s> Fn(Claim<'s, ()>) + Sync + Copy) {
     for cfg in Config::from_env() {
         let mut g = configure(c, name, &cfg);
         let mut store = None;
