@@ -10,6 +10,7 @@
 //! IDEMSTORE_BENCH_PEERS=dashmap cargo bench --bench claims    # fewer peers (comma list)
 //! IDEMSTORE_BENCH_CLOCK=precise cargo bench --bench claims    # Clock::precise, not the default
 //! IDEMSTORE_BENCH_SHARDS=16 cargo bench --bench claims        # a shard count, not the default
+//! IDEMSTORE_BENCH_PRESIZE=1 cargo bench --bench claims        # sized in advance: no growth
 //! ```
 //!
 //! Groups, throughput in claims per second:
@@ -101,9 +102,21 @@ struct Config {
     batch: u64,
     /// New keys a structure may take in before it is filled afresh.
     max_growth: u64,
+    /// Whether structures are sized in advance for every key a run gives them
+    /// (`IDEMSTORE_BENCH_PRESIZE=1`), so that no growth is measured.
+    presize: bool,
 }
 
 impl Config {
+    /// The capacity to create structures with: 0 (they grow), or every key a run gives them.
+    fn presize(&self) -> usize {
+        if self.presize {
+            (self.keys + self.max_growth) as usize
+        } else {
+            0
+        }
+    }
+
     /// One configuration per live-key count asked for.
     fn from_env() -> Vec<Self> {
         // `cargo test --benches` runs each function once, without `--bench`: a small store
@@ -135,6 +148,7 @@ impl Config {
                     keys,
                     batch,
                     max_growth,
+                    presize: std::env::var("IDEMSTORE_BENCH_PRESIZE").is_ok_and(|v| v == "1"),
                 }
             })
             .collect()
@@ -222,8 +236,8 @@ trait Peer: Sync + Sized {
 
 impl Peer for dashmap::DashMap<u128, u64, Hasher> {
     const NAME: &'static str = "dashmap";
-    fn new(_: &Config) -> Self {
-        Self::with_hasher(Hasher::default())
+    fn new(cfg: &Config) -> Self {
+        Self::with_capacity_and_hasher(cfg.presize(), Hasher::default())
     }
     fn insert_if_absent(&self, k: u128) -> u64 {
         *self.entry(k).or_insert(k as u64)
@@ -238,8 +252,8 @@ impl Peer for dashmap::DashMap<u128, u64, Hasher> {
 
 impl Peer for scc::HashMap<u128, u64, Hasher> {
     const NAME: &'static str = "scc";
-    fn new(_: &Config) -> Self {
-        Self::with_hasher(Hasher::default())
+    fn new(cfg: &Config) -> Self {
+        Self::with_capacity_and_hasher(cfg.presize(), Hasher::default())
     }
     fn insert_if_absent(&self, k: u128) -> u64 {
         *self.entry_sync(k).or_insert(k as u64).get()
@@ -254,8 +268,8 @@ impl Peer for scc::HashMap<u128, u64, Hasher> {
 
 impl Peer for papaya::HashMap<u128, u64, Hasher> {
     const NAME: &'static str = "papaya";
-    fn new(_: &Config) -> Self {
-        Self::with_hasher(Hasher::default())
+    fn new(cfg: &Config) -> Self {
+        Self::with_capacity_and_hasher(cfg.presize(), Hasher::default())
     }
     fn insert_if_absent(&self, k: u128) -> u64 {
         *self.pin().get_or_insert(k, k as u64)

@@ -128,7 +128,7 @@ impl Clock {
     /// ([`Clock::precise`]) costs tens of nanoseconds in a virtual machine and holds back the
     /// out-of-order overlap of one claim's cache misses with the next one's, and a claim reads
     /// the clock once. On the 2-core VM this crate is developed on, replays of completed keys
-    /// at 10 million live keys ran about 1.6 times as fast on this clock (README,
+    /// at 10 million live keys ran about 1.3 times as fast on this clock (README,
     /// "Performance").
     ///
     /// The price is resolution, which deadlines do not have anyway (they are whole
