@@ -195,6 +195,7 @@ fn new_store(cfg: &Config) -> Store<()> {
     let builder = Store::builder()
         // Far above what a run reaches, so no claim is ever refused.
         .max_entries(200_000_000.max(cfg.keys as usize * 4))
+        .initial_capacity(cfg.presize())
         .ttl(Duration::from_secs(86_400))
         .lease(Duration::from_secs(30));
     let builder = match std::env::var("IDEMSTORE_BENCH_CLOCK").as_deref() {
