@@ -298,11 +298,11 @@ mod tests {
     #[test]
     fn system_and_precise_clocks_are_monotonic_and_move() {
         for clock in [Clock::system(), Clock::precise()] {
+            let start = std::time::Instant::now();
             let a = clock.now();
             let b = clock.now();
             assert!(b >= a);
             // The system clock's thread ticks every millisecond; give it ample time.
-            let start = std::time::Instant::now();
             while clock.now() < a + Duration::from_millis(3) {
                 assert!(
                     start.elapsed() < Duration::from_secs(10),
@@ -310,7 +310,8 @@ mod tests {
                 );
                 std::thread::sleep(Duration::from_millis(1));
             }
-            assert!(clock.now() <= a + start.elapsed() + Duration::from_millis(1));
+            // Never ahead of real time by more than a thread's scheduling delay can explain.
+            assert!(clock.now() <= a + start.elapsed() + Duration::from_millis(100));
         }
         assert!(format!("{:?}", Clock::system()).contains("system"));
         assert!(format!("{:?}", Clock::precise()).contains("precise"));
