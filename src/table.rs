@@ -180,6 +180,10 @@ impl Memory {
     fn bytes(&self) -> usize {
         self.lines.len() * 64
     }
+
+    fn populate(&mut self) {
+        self.lines.populate();
+    }
 }
 
 /// Under loom (whose atomics are not plain memory): two boxed arrays.
@@ -213,6 +217,8 @@ impl Memory {
     fn bytes(&self) -> usize {
         self.tags.len() * (1 + std::mem::size_of::<Slot>())
     }
+
+    fn populate(&mut self) {}
 }
 
 impl Slot {
@@ -532,6 +538,8 @@ impl<V> Table<V> {
         mut keep: impl FnMut(Word) -> bool,
     ) -> (Table<V>, Vec<u32>) {
         let mut next = Table::new(capacity, self.huge);
+        // The new table is about to be written all over: fault it in at once.
+        next.mem.populate();
         let mut moved = vec![MOVED_NOWHERE; self.capacity()];
         for (i, to) in moved.iter_mut().enumerate() {
             if !self.is_occupied(i) {
