@@ -26,7 +26,7 @@ pub(crate) struct ShardCell<V> {
     /// Set when a transition moved a deadline earlier than the entry's wheel record, so the
     /// wheel alone may reclaim it late; a capacity check then sweeps the table.
     pub(crate) shortened: AtomicBool,
-    /// Where the table lives, for batch claims to prefetch without the lock.
+    /// Where the table lives, for claims to start their misses before they take the lock.
     pub(crate) whereabouts: Whereabouts,
     /// Duplicates waiting for an in-flight key of this shard listen here; owners notify it
     /// when they complete or release a key (on a manual clock, the clock's event is used).

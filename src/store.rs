@@ -629,6 +629,10 @@ impl<V> Store<V> {
         let inner = &*self.inner;
         let shard = h.shard(inner.shard_bits);
         let cell = &inner.shards[shard];
+        // Start loading the key's tag group and slots before taking the lock: the lock's
+        // atomic operation orders every later access after it, and would otherwise hold the
+        // table's cache misses back until it is done.
+        cell.whereabouts.prefetch(&h);
         let mut locked = cell.lock.write();
         // Read the clock under the lock, and never behind the shard's last reading: time seen
         // by the operations on one shard never goes backwards in the order they take effect,

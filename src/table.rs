@@ -68,10 +68,11 @@ fn prefetch(at: *const i8) {
     let _ = at;
 }
 
-/// Where a shard's table lives, readable without the shard lock, so a batch of claims can start
-/// the cache misses of later keys' probes while it works on earlier ones. Used only to
-/// prefetch: a stale value (a rebuild moved the table) costs a useless prefetch, never a wrong
-/// answer. Plain std atomics even under loom: nothing the engine decides depends on them.
+/// Where a shard's table lives, readable without the shard lock, so a claim can start its probe's
+/// cache misses before it takes the lock, and a batch of claims those of later keys' probes
+/// while it works on earlier ones. Used only to prefetch: a stale value (a rebuild moved the
+/// table) costs a useless prefetch, never a wrong answer. Plain std atomics even under loom:
+/// nothing the engine decides depends on them.
 #[derive(Debug, Default)]
 pub(crate) struct Whereabouts {
     tags: std::sync::atomic::AtomicPtr<u8>,
