@@ -587,7 +587,7 @@ impl<V> Store<V> {
             let h = std::mem::replace(&mut ring[i % AHEAD], next);
             each(
                 i,
-                h.and_then(|h| self.claim_hashed(h, 0, inner.lease_nanos)),
+                h.and_then(|h| self.claim_prefetched(h, 0, inner.lease_nanos)),
             );
         }
     }
@@ -626,13 +626,25 @@ impl<V> Store<V> {
 
     #[inline(always)]
     fn claim_hashed(&self, h: KeyHash, fp: u64, lease_nanos: u64) -> Result<Claim<'_, V>, Error> {
-        let inner = &*self.inner;
-        let shard = h.shard(inner.shard_bits);
-        let cell = &inner.shards[shard];
         // Start loading the key's tag group and slots before taking the lock: the lock's
         // atomic operation orders every later access after it, and would otherwise hold the
         // table's cache misses back until it is done.
-        cell.whereabouts.prefetch(&h);
+        self.inner.cell(&h).whereabouts.prefetch(&h);
+        self.claim_prefetched(h, fp, lease_nanos)
+    }
+
+    /// [`Store::claim_hashed`] for a key whose table memory is already on its way (a batch
+    /// prefetches it a few claims ahead).
+    #[inline(always)]
+    fn claim_prefetched(
+        &self,
+        h: KeyHash,
+        fp: u64,
+        lease_nanos: u64,
+    ) -> Result<Claim<'_, V>, Error> {
+        let inner = &*self.inner;
+        let shard = h.shard(inner.shard_bits);
+        let cell = &inner.shards[shard];
         let mut locked = cell.lock.write();
         // Read the clock under the lock, and never behind the shard's last reading: time seen
         // by the operations on one shard never goes backwards in the order they take effect,
