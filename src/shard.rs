@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::key::KeyHash;
 use crate::state::{Phase, Word};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Event, Ordering, RwLock};
-use crate::table::{Probe, Table, Whereabouts, MIN_CAPACITY};
+use crate::table::{Probe, Spare, Table, Whereabouts, MIN_CAPACITY};
 use crate::wheel::Wheel;
 
 /// How many due records ahead expiry prefetches the entry of.
@@ -68,6 +68,53 @@ pub(crate) struct Shard<V> {
     /// The latest clock reading (ns) any write-locked operation on this shard has used.
     last_nanos: u64,
     pub(crate) counts: Counts,
+    /// Rebuilds so far: tells a spare made for an earlier table from one for this table.
+    rebuilds: u64,
+    /// A table made outside the lock for the next rebuild (see [`Chores`]).
+    pub(crate) spare: Option<Spare<V>>,
+    /// A spare asked of the claim that holds the lock now, to make once it lets go.
+    order: Option<SpareOrder>,
+    /// The table the last rebuild replaced and its old-to-new slot map, for the claim that
+    /// rebuilt to free once it lets go of the lock.
+    retired: Option<(Table<V>, Vec<u32>)>,
+}
+
+/// What a spare table must be: made by [`Chores::run`], handed back by [`Shard::deliver`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SpareOrder {
+    capacity: usize,
+    old_capacity: usize,
+    huge: bool,
+    /// The shard's rebuild count when ordered.
+    generation: u64,
+}
+
+/// Work a claim leaves for after it lets go of the shard lock: making a spare table for the
+/// shard's next rebuild (new memory the kernel must zero) and freeing the table a rebuild
+/// replaced (an unmap that interrupts every core running the process). Done under the lock,
+/// either would stall every other claim on the shard for as long; done here, a rebuild holds
+/// the lock only while it moves entries.
+#[derive(Debug)]
+#[must_use = "chores left undone keep memory or leave the next rebuild to allocate under the lock"]
+pub(crate) struct Chores<V> {
+    retired: Option<(Table<V>, Vec<u32>)>,
+    order: Option<SpareOrder>,
+}
+
+impl<V> Chores<V> {
+    /// Does the chores; call without holding `cell`'s lock.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn run(self, cell: &ShardCell<V>) {
+        drop(self.retired);
+        if let Some(order) = self.order {
+            let spare = Spare::new(order.capacity, order.huge, order.old_capacity);
+            // The guard is a temporary, released at the end of the statement: a spare the
+            // shard turns down is freed outside the lock too.
+            let unwanted = cell.lock.write().deliver(order.generation, spare);
+            drop(unwanted);
+        }
+    }
 }
 
 /// What a claim found, before the store turns it into a public [`crate::Claim`].
@@ -116,6 +163,10 @@ impl<V> ShardCell<V> {
                 target_load: 60 + (index.wrapping_mul(0x9e37_79b9) >> 8) % 11,
                 last_nanos: 0,
                 counts: Counts::default(),
+                rebuilds: 0,
+                spare: None,
+                order: None,
+                retired: None,
             }),
             completions: AtomicU64::new(0),
             releases: AtomicU64::new(0),
@@ -201,7 +252,7 @@ impl<V> Shard<V> {
             }
             Probe::Absent(pos) => pos,
         };
-        let pos = if self.table.occupied() >= self.bound || self.table.needs_rebuild() {
+        let pos = if self.table.occupied() >= self.bound || self.table.near_rebuild() {
             match self.make_room(cell, h, now) {
                 Some(pos) => pos,
                 None => {
@@ -330,6 +381,8 @@ impl<V> Shard<V> {
         }
         if self.table.needs_rebuild() {
             self.rebuild(cell, now);
+        } else if self.table.near_rebuild() {
+            self.order_spare(cell);
         }
         match self.table.probe(h) {
             Probe::Absent(pos) => Some(pos),
@@ -338,23 +391,79 @@ impl<V> Shard<V> {
         }
     }
 
-    /// Rebuilds the table without its dead entries, sized at the shard's target load (0.60 to
-    /// 0.70) for the entries held less the released ones (so it grows ~1.4x when full of live
-    /// keys), and points the wheel's records at the entries' new slots.
+    /// The table size a rebuild that keeps `survivors` entries makes: the shard's target load
+    /// (0.60 to 0.70), so a table full of live keys grows ~1.4x, within the shard's bound.
+    fn rebuild_capacity(&self, survivors: usize) -> usize {
+        let wanted = ((survivors + 1) * 100).div_ceil(self.target_load);
+        wanted.min(max_capacity(self.bound)).max(MIN_CAPACITY)
+    }
+
+    /// Asks the claim that holds the lock to make a spare table for the next rebuild once it
+    /// lets go (see [`Chores`]), sized for the entries the table will hold at its rebuild point.
+    fn order_spare(&mut self, cell: &ShardCell<V>) {
+        self.table.spare_ordered();
+        let at_rebuild = self.table.rebuild_at() - self.table.tombstones();
+        let survivors = at_rebuild.saturating_sub(cell.vacant.load(Ordering::Relaxed));
+        self.order = Some(SpareOrder {
+            capacity: self.rebuild_capacity(survivors),
+            old_capacity: self.table.capacity(),
+            huge: self.table.huge(),
+            generation: self.rebuilds,
+        });
+    }
+
+    /// Whether a claim left chores for after the lock.
+    #[inline(always)]
+    pub(crate) fn has_chores(&self) -> bool {
+        self.order.is_some() || self.retired.is_some()
+    }
+
+    /// Takes the chores a claim left, to run once the lock is released.
+    pub(crate) fn take_chores(&mut self) -> Chores<V> {
+        Chores {
+            retired: self.retired.take(),
+            order: self.order.take(),
+        }
+    }
+
+    /// Keeps `spare`, made for the order of `generation`, for the next rebuild; hands it back
+    /// if a rebuild came first (it was made for a table that is gone) or one is already kept.
+    pub(crate) fn deliver(&mut self, generation: u64, spare: Spare<V>) -> Option<Spare<V>> {
+        if generation != self.rebuilds || self.spare.is_some() {
+            return Some(spare);
+        }
+        self.spare = Some(spare);
+        None
+    }
+
+    /// Rebuilds the table without its dead entries, sized by [`Shard::rebuild_capacity`] for
+    /// the entries held less the released ones, and points the wheel's records at the entries'
+    /// new slots. Moves entries into the spare table if one was made and fits; the old table is
+    /// left in `retired` for the claim to free after the lock.
     #[cold]
     pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64) {
         let held = self.table.occupied();
         let survivors = held.saturating_sub(cell.vacant.load(Ordering::Relaxed));
-        let wanted = ((survivors + 1) * 100).div_ceil(self.target_load);
-        let capacity = wanted.min(max_capacity(self.bound)).max(MIN_CAPACITY);
+        let capacity = self.rebuild_capacity(survivors);
+        let spare = match self.spare.take() {
+            // A spare sized for a projection a little off still does: the load it starts at
+            // stays well under the 0.9 rebuild point.
+            Some(s)
+                if s.capacity() >= capacity - capacity / 16
+                    && s.capacity() <= capacity + capacity / 4 =>
+            {
+                s
+            }
+            _ => Spare::new(capacity, self.table.huge(), self.table.capacity()),
+        };
         event!(
             held,
             from = self.table.capacity(),
-            to = capacity,
+            to = spare.capacity(),
             "shard table rebuilt"
         );
         let counts = &mut self.counts;
-        let (next, moved) = self.table.rebuild(capacity, |w| {
+        let (next, moved) = self.table.rebuild(spare, |w| {
             if w.is_live(now) {
                 return true;
             }
@@ -365,9 +474,8 @@ impl<V> Shard<V> {
             }
             false
         });
-        // Drop the old table (and the values of dropped entries, whose `Drop` is user code)
-        // only once the wheel follows the new one.
         let old = std::mem::replace(&mut self.table, next);
+        self.rebuilds += 1;
         cell.whereabouts.update(&self.table);
         if cell.shortened.load(Ordering::Relaxed) {
             // Some record sits later than its entry's deadline: file every record afresh.
@@ -381,7 +489,9 @@ impl<V> Shard<V> {
         } else {
             self.wheel.remap(&moved);
         }
-        drop(old);
+        // The old table (with the values of dropped entries, whose `Drop` is user code) goes
+        // only once the wheel follows the new one, and only after the lock is released.
+        self.retired = Some((old, moved));
         // The write lock excludes every guard, so these reset exactly.
         cell.vacant.store(0, Ordering::Relaxed);
         cell.shortened.store(false, Ordering::Relaxed);
@@ -435,5 +545,100 @@ impl<V> Shard<V> {
         let i = self.table.find(h)?;
         self.table.slot(i).word.transition(expected, next).ok()?;
         Some(i)
+    }
+}
+
+#[cfg(all(test, not(idemstore_loom)))]
+mod tests {
+    use super::*;
+    use crate::key::hash_id;
+
+    const LEASE: u64 = 30_000;
+
+    fn cell(capacity: usize) -> ShardCell<()> {
+        ShardCell::new(0, 10_000_000, 86_400_000, capacity, 0, false)
+    }
+
+    /// A claim as the store makes it: under the write lock, chores after it.
+    fn claim(cell: &ShardCell<()>, id: u128) -> Outcome<()> {
+        let mut shard = cell.lock.write();
+        let outcome = shard.claim(cell, &hash_id(1, id), 0, 1, LEASE);
+        let chores = shard.take_chores();
+        drop(shard);
+        chores.run(cell);
+        outcome
+    }
+
+    #[test]
+    fn a_rebuild_moves_entries_into_the_spare_made_outside_the_lock() {
+        let c = cell(8192);
+        let (rebuild_at, before) = {
+            let s = c.lock.read();
+            (s.table.rebuild_at(), s.table.capacity())
+        };
+        let mut spare_capacity = None;
+        let mut id = 0;
+        while c.lock.read().rebuilds == 0 {
+            assert!(matches!(claim(&c, id), Outcome::Acquired { .. }));
+            id += 1;
+            let s = c.lock.read();
+            if s.rebuilds == 0 {
+                assert!(s.order.is_none() && s.retired.is_none(), "chores ran");
+                if let Some(spare) = &s.spare {
+                    spare_capacity.get_or_insert(spare.capacity());
+                }
+            }
+        }
+        let spare_capacity = spare_capacity.expect("a spare was made before the rebuild");
+        let s = c.lock.read();
+        assert!(id as usize > rebuild_at - 512 && id as usize <= rebuild_at + 1);
+        assert!(s.spare.is_none() && s.retired.is_none());
+        assert_eq!(
+            s.table.capacity(),
+            spare_capacity,
+            "the rebuild used the spare"
+        );
+        assert!(s.table.capacity() > before);
+        assert_eq!(s.table.occupied(), id as usize);
+        for k in 0..id {
+            assert!(s.table.find(&hash_id(1, k)).is_some(), "key {k}");
+        }
+        assert_eq!(s.wheel.len(), id as usize, "one record per entry");
+    }
+
+    #[test]
+    fn a_spare_for_a_replaced_table_is_handed_back() {
+        let c = cell(64);
+        let mut s = c.lock.write();
+        let generation = s.rebuilds;
+        s.rebuild(&c, 1);
+        let late = Spare::new(128, false, 64);
+        assert!(s.deliver(generation, late).is_some());
+        assert!(s.spare.is_none());
+        let current = s.rebuilds;
+        assert!(s.deliver(current, Spare::new(128, false, 64)).is_none());
+        assert!(
+            s.deliver(current, Spare::new(128, false, 64)).is_some(),
+            "one at a time"
+        );
+    }
+
+    #[test]
+    fn a_spare_that_does_not_fit_is_not_used() {
+        let c = cell(8192);
+        for id in 0..1000 {
+            claim(&c, id);
+        }
+        let mut s = c.lock.write();
+        let generation = s.rebuilds;
+        assert!(s.deliver(generation, Spare::new(16, false, 8192)).is_none());
+        s.rebuild(&c, 1);
+        assert!(
+            s.table.capacity() >= 1000 * 100 / 70,
+            "sized for its entries"
+        );
+        for id in 0..1000 {
+            assert!(s.table.find(&hash_id(1, id)).is_some());
+        }
     }
 }

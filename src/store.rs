@@ -19,7 +19,7 @@ use crate::stats::Stats;
 #[cfg(not(idemstore_loom))]
 use crate::sync::Listener;
 use crate::sync::{Arc, AtomicUsize, Event, Ordering};
-use crate::table::stores_values;
+use crate::table::{stores_values, Spare};
 
 /// The longest scope accepted by [`ClaimOptions::scope`], in bytes.
 pub const MAX_SCOPE_LEN: usize = 4096;
@@ -652,7 +652,14 @@ impl<V> Store<V> {
         let now_nanos = locked.advance_time(inner.clock.now_nanos());
         let now = floor_ms(now_nanos);
         let outcome = locked.claim(cell, &h, fp, now, deadline_ms(now_nanos, lease_nanos));
-        drop(locked);
+        if locked.has_chores() {
+            // Rare (twice per rebuild): memory to make or free, never under the lock.
+            let chores = locked.take_chores();
+            drop(locked);
+            chores.run(cell);
+        } else {
+            drop(locked);
+        }
         Ok(match outcome {
             Outcome::Acquired {
                 token,
@@ -828,7 +835,9 @@ impl<V> Inner<V> {
             s.lease_expiries += c.lease_expiries;
             s.ttl_expiries += c.ttl_expiries;
             s.entries += shard.table.occupied();
-            s.memory_bytes += shard.table.heap_bytes() + shard.wheel.heap_bytes();
+            s.memory_bytes += shard.table.heap_bytes()
+                + shard.wheel.heap_bytes()
+                + shard.spare.as_ref().map_or(0, Spare::heap_bytes);
             if stores_values::<V>() {
                 // Each completed entry's value sits in its own Arc allocation.
                 s.memory_bytes += shard.table.occupied() * (16 + std::mem::size_of::<V>());

@@ -271,6 +271,53 @@ pub(crate) struct Table<V> {
     deleted: usize,
     /// Entries plus tombstones at which the next insert would take the load past 0.9.
     rebuild_at: usize,
+    /// Entries plus tombstones at which an insert must look at the table's size: before
+    /// `rebuild_at` by [`spare_margin`] while the shard may still order a spare table for its
+    /// next rebuild, at `rebuild_at` once it has (or if the table is too small to bother).
+    check_at: usize,
+}
+
+/// Tables smaller than this (in slots) are cheap to allocate under the lock: no spare.
+const SPARE_MIN_CAPACITY: usize = 4096;
+
+/// How many inserts before its rebuild point a table asks for a spare: enough that the
+/// thread making one (a millisecond or so for a large table) finishes before other threads
+/// fill the table that far, small enough that few shards hold a spare at a time.
+fn spare_margin(rebuild_at: usize) -> usize {
+    (rebuild_at / 16).min(512)
+}
+
+/// An empty table made ready for a rebuild, and the map the rebuild fills (old slot to new).
+/// Making one allocates and faults in fresh memory, which the kernel must zero; a shard has one
+/// made outside its lock shortly before it needs it (see `Shard::make_room`), so a rebuild
+/// holds the lock only while it moves entries.
+#[derive(Debug)]
+pub(crate) struct Spare<V> {
+    table: Table<V>,
+    moved: Vec<u32>,
+}
+
+impl<V> Spare<V> {
+    /// A table of at least `capacity` slots, faulted in, to replace one of `old_capacity` slots.
+    pub(crate) fn new(capacity: usize, huge: bool, old_capacity: usize) -> Self {
+        let mut table = Table::new(capacity, huge);
+        // The new table is about to be written all over: fault it in at once.
+        table.mem.populate();
+        Self {
+            table,
+            moved: vec![MOVED_NOWHERE; old_capacity],
+        }
+    }
+
+    /// The spare table's slots.
+    pub(crate) fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    /// Bytes this spare holds on the heap.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.table.heap_bytes() + self.moved.capacity() * std::mem::size_of::<u32>()
+    }
 }
 
 /// Whether values of type `V` take memory and so must be stored per slot.
@@ -306,6 +353,11 @@ impl<V> Table<V> {
             deleted: 0,
             // (n + 1) * 10 > cap * 9, i.e. n >= cap * 9 / 10 rounded down.
             rebuild_at: cap * 9 / 10,
+            check_at: if cap >= SPARE_MIN_CAPACITY {
+                cap * 9 / 10 - spare_margin(cap * 9 / 10)
+            } else {
+                cap * 9 / 10
+            },
         }
     }
 
@@ -324,6 +376,34 @@ impl<V> Table<V> {
     #[inline]
     pub(crate) fn needs_rebuild(&self) -> bool {
         self.occupied + self.deleted >= self.rebuild_at
+    }
+
+    /// Whether an insert must look at the table's size first: it needs a rebuild, or is close
+    /// enough to one to order a spare table ([`Table::spare_ordered`] until the rebuild).
+    #[inline]
+    pub(crate) fn near_rebuild(&self) -> bool {
+        self.occupied + self.deleted >= self.check_at
+    }
+
+    /// Notes that a spare table for the next rebuild was ordered: from now on only the
+    /// rebuild itself makes [`Table::near_rebuild`] true.
+    pub(crate) fn spare_ordered(&mut self) {
+        self.check_at = self.rebuild_at;
+    }
+
+    /// Whether this table's memory asks for huge pages (and so its successors' do).
+    pub(crate) fn huge(&self) -> bool {
+        self.huge
+    }
+
+    /// Entries plus tombstones at which the table needs a rebuild.
+    pub(crate) fn rebuild_at(&self) -> usize {
+        self.rebuild_at
+    }
+
+    /// Tombstones: slots that hold no entry but do not end probes.
+    pub(crate) fn tombstones(&self) -> usize {
+        self.deleted
     }
 
     #[inline]
@@ -530,18 +610,21 @@ impl<V> Table<V> {
         }
     }
 
-    /// Moves every entry for which `keep` says yes into a new table of `capacity` slots.
-    /// Returns the new table and, for each old slot, the new slot of its entry ([`MOVED_NOWHERE`]
-    /// if it was not kept), so the wheel's records can follow their entries.
+    /// Moves every entry for which `keep` says yes into `into`'s empty table. Returns the new
+    /// table and, for each old slot, the new slot of its entry ([`MOVED_NOWHERE`] if it was not
+    /// kept), so the wheel's records can follow their entries.
     pub(crate) fn rebuild(
         &mut self,
-        capacity: usize,
+        into: Spare<V>,
         mut keep: impl FnMut(Word) -> bool,
     ) -> (Table<V>, Vec<u32>) {
-        let mut next = Table::new(capacity, self.huge);
-        // The new table is about to be written all over: fault it in at once.
-        next.mem.populate();
-        let mut moved = vec![MOVED_NOWHERE; self.capacity()];
+        let Spare {
+            table: mut next,
+            mut moved,
+        } = into;
+        debug_assert_eq!(next.occupied, 0);
+        // A spare is made for the table it replaces; this only guards against a mismatch.
+        moved.resize(self.capacity(), MOVED_NOWHERE);
         for (i, to) in moved.iter_mut().enumerate() {
             if !self.is_occupied(i) {
                 continue;
@@ -683,7 +766,7 @@ mod tests {
         for (i, h) in keys.iter().enumerate() {
             assert_eq!(t.find(h).is_some(), i % 2 == 1, "key {i}");
         }
-        let (rebuilt, moved) = t.rebuild(32, |_| true);
+        let (rebuilt, moved) = t.rebuild(Spare::new(32, true, t.capacity()), |_| true);
         assert_eq!(rebuilt.occupied(), 7);
         for (i, h) in keys.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
             let _ = i;
