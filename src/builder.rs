@@ -268,10 +268,9 @@ impl<V> Builder<V> {
             None => default_shards(self.max_entries),
         };
         let per_shard = self.max_entries.div_ceil(shards);
-        // Slot indices are 31 bits (the wheel's records, whose top bit tells two tables apart
-        // while one drains into the other); a shard's table never exceeds
+        // Slot indices are u32 (the wheel's records); a shard's table never exceeds
         // `max_capacity(bound)` slots.
-        if crate::shard::max_capacity(per_shard) >= crate::table::NEW_TABLE as usize {
+        if crate::shard::max_capacity(per_shard) >= u32::MAX as usize {
             return Err(Error::InvalidConfig(format!(
                 "max_entries ({}) over {shards} shards is more than a shard can index; raise shards",
                 self.max_entries

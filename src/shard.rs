@@ -5,9 +5,7 @@ use std::sync::Arc;
 use crate::key::KeyHash;
 use crate::state::{Phase, Word};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Event, Ordering, RwLock};
-use crate::table::{
-    Probe, Spare, Table, Whereabouts, GROUP, MIN_CAPACITY, MOVED_NOWHERE, NEW_TABLE,
-};
+use crate::table::{Probe, Spare, Table, Whereabouts, MIN_CAPACITY};
 use crate::wheel::Wheel;
 
 /// How many due records ahead expiry prefetches the entry of.
@@ -15,12 +13,6 @@ const EXPIRY_PREFETCH: usize = 8;
 
 /// Expiry records a claim may process before its own work: bounds the latency expiry adds.
 pub(crate) const CLAIM_EXPIRY_BUDGET: usize = 8;
-
-/// Groups of a draining table each claim on the shard moves (about 29 entries at a load of
-/// 0.9): bounds the latency a drain adds to a claim, and drains a table before the claims that
-/// put new keys into it can use up its free slots (it has at least a tenth of them free when
-/// its drain starts, and gets at most one new key per claim, a thirty-second of its slots).
-const DRAIN_GROUPS: usize = 4;
 
 /// A shard as it sits in the store: the locked part and the counters guards bump under the
 /// read lock.
@@ -82,37 +74,9 @@ pub(crate) struct Shard<V> {
     pub(crate) spare: Option<Spare<V>>,
     /// A spare asked of the claim that holds the lock now, to make once it lets go.
     order: Option<SpareOrder>,
-    /// Tables emptied by rebuilds or drains, with their old-to-new slot maps, for the claim
-    /// that holds the lock to free once it lets go of it.
-    retired: Vec<(Table<V>, Vec<u32>)>,
-    /// The previous table while it drains into `table`, a few groups per claim.
-    drain: Option<Drain<V>>,
-}
-
-/// A table being emptied into its successor. An entry whose home group in `old` is below
-/// `cursor` has moved (or was dropped, if dead); the others are still in `old`. So each key
-/// has one table to look in (`Shard::locate`), and the new keys that arrive meanwhile go to
-/// the table their key belongs in by the same rule.
-///
-/// Wheel records keep naming slots of `old` until the drain ends; an entry that has moved is
-/// found through `moved`, and records of entries in the new table carry [`NEW_TABLE`]
-/// (`Shard::resolve`). A drained entry leaves a tombstone that nothing reuses until the drain
-/// ends (`Table::probe_draining`), so a slot of `old` names one entry throughout. When the
-/// cursor reaches the end, one pass over the wheel points every record at the new table.
-#[derive(Debug)]
-struct Drain<V> {
-    old: Table<V>,
-    moved: Vec<u32>,
-    cursor: usize,
-}
-
-/// Which of a shard's tables an entry is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Which {
-    /// `Shard::table`.
-    Current,
-    /// The table draining into it.
-    Draining,
+    /// The table the last rebuild replaced and its old-to-new slot map, for the claim that
+    /// rebuilt to free once it lets go of the lock.
+    retired: Option<(Table<V>, Vec<u32>)>,
 }
 
 /// What a spare table must be: made by [`Chores::run`], handed back by [`Shard::deliver`].
@@ -133,7 +97,7 @@ pub(crate) struct SpareOrder {
 #[derive(Debug)]
 #[must_use = "chores left undone keep memory or leave the next rebuild to allocate under the lock"]
 pub(crate) struct Chores<V> {
-    retired: Vec<(Table<V>, Vec<u32>)>,
+    retired: Option<(Table<V>, Vec<u32>)>,
     order: Option<SpareOrder>,
 }
 
@@ -202,8 +166,7 @@ impl<V> ShardCell<V> {
                 rebuilds: 0,
                 spare: None,
                 order: None,
-                retired: Vec::new(),
-                drain: None,
+                retired: None,
             }),
             completions: AtomicU64::new(0),
             releases: AtomicU64::new(0),
@@ -239,77 +202,6 @@ impl<V> Shard<V> {
         self.last_nanos.max(clock_nanos)
     }
 
-    /// Entries held in the shard's tables, in any phase.
-    #[inline]
-    pub(crate) fn occupied(&self) -> usize {
-        self.table.occupied() + self.drain.as_ref().map_or(0, |d| d.old.occupied())
-    }
-
-    /// Bytes the shard's tables hold on the heap (with a draining table and its map).
-    pub(crate) fn table_heap_bytes(&self) -> usize {
-        self.table.heap_bytes()
-            + self.drain.as_ref().map_or(0, |d| {
-                d.old.heap_bytes() + d.moved.capacity() * std::mem::size_of::<u32>()
-            })
-            + self.spare.as_ref().map_or(0, Spare::heap_bytes)
-    }
-
-    /// The table `h` belongs in, and where the probe for it ended there.
-    #[inline(always)]
-    fn locate(&self, h: &KeyHash) -> (Which, Probe) {
-        if let Some(d) = &self.drain {
-            if h.home(d.old.groups()) >= d.cursor {
-                return (Which::Draining, d.old.probe_draining(h));
-            }
-        }
-        (Which::Current, self.table.probe(h))
-    }
-
-    #[inline(always)]
-    pub(crate) fn tab(&self, which: Which) -> &Table<V> {
-        match (which, &self.drain) {
-            (Which::Draining, Some(d)) => &d.old,
-            _ => &self.table,
-        }
-    }
-
-    #[inline(always)]
-    fn tab_mut(&mut self, which: Which) -> &mut Table<V> {
-        match (which, &mut self.drain) {
-            (Which::Draining, Some(d)) => &mut d.old,
-            _ => &mut self.table,
-        }
-    }
-
-    /// The wheel record for slot `i` of table `which`.
-    #[inline(always)]
-    fn record(&self, which: Which, i: usize) -> u32 {
-        if which == Which::Current && self.drain.is_some() {
-            i as u32 | NEW_TABLE
-        } else {
-            i as u32
-        }
-    }
-
-    /// The entry a wheel record names, if it is still held.
-    #[inline]
-    fn resolve(&self, r: u32) -> Option<(Which, usize)> {
-        let Some(d) = &self.drain else {
-            return Some((Which::Current, r as usize));
-        };
-        if r & NEW_TABLE != 0 {
-            return Some((Which::Current, (r & !NEW_TABLE) as usize));
-        }
-        let i = r as usize;
-        if d.old.is_occupied(i) {
-            return Some((Which::Draining, i));
-        }
-        match d.moved.get(i) {
-            Some(&to) if to != MOVED_NOWHERE => Some((Which::Current, to as usize)),
-            _ => None,
-        }
-    }
-
     /// Claims `h` at `now` (ms) for a lease ending at `lease_deadline` (ms). Write lock held.
     #[inline(always)]
     pub(crate) fn claim(
@@ -320,9 +212,6 @@ impl<V> Shard<V> {
         now: u64,
         lease_deadline: u64,
     ) -> Outcome<V> {
-        if self.drain.is_some() {
-            self.drain_step(cell, now, DRAIN_GROUPS);
-        }
         // The claim never makes the wheel due at `now` (its record is later), so testing
         // first is the same as testing after; the common case, nothing due, then hands the
         // outcome straight back instead of keeping it across the expiry call.
@@ -357,31 +246,27 @@ impl<V> Shard<V> {
         now: u64,
         lease_deadline: u64,
     ) -> Outcome<V> {
-        let (which, pos) = match self.locate(h) {
-            (which, Probe::Found(i)) => {
-                return self.claim_existing(cell, which, i, fingerprint, now, lease_deadline)
+        let pos = match self.table.probe(h) {
+            Probe::Found(i) => {
+                return self.claim_existing(cell, i, fingerprint, now, lease_deadline)
             }
-            (which, Probe::Absent(pos)) => (which, pos),
+            Probe::Absent(pos) => pos,
         };
-        let (which, pos) = if self.drain.is_some()
-            || self.table.occupied() >= self.bound
-            || self.table.near_rebuild()
-        {
-            match self.make_room(cell, h, now, which, pos) {
-                Some(place) => place,
+        let pos = if self.table.occupied() >= self.bound || self.table.near_rebuild() {
+            match self.make_room(cell, h, now) {
+                Some(pos) => pos,
                 None => {
                     self.counts.rejected += 1;
                     return Outcome::Full { limit: self.bound };
                 }
             }
         } else {
-            (which, pos)
+            pos
         };
         let token = self.take_token();
         let word = Word::new(Phase::InFlight, token, lease_deadline);
-        self.tab_mut(which).insert_at(pos, h, word, fingerprint);
-        let record = self.record(which, pos);
-        self.wheel.insert(self.record_time(word, now), record);
+        self.table.insert_at(pos, h, word, fingerprint);
+        self.wheel.insert(self.record_time(word, now), pos as u32);
         self.counts.acquired += 1;
         Outcome::Acquired {
             token,
@@ -413,15 +298,14 @@ impl<V> Shard<V> {
     fn claim_existing(
         &mut self,
         cell: &ShardCell<V>,
-        which: Which,
         i: usize,
         fingerprint: u64,
         now: u64,
         lease_deadline: u64,
     ) -> Outcome<V> {
-        let w = self.tab(which).word(i);
+        let w = self.table.word(i);
         if w.is_live(now) {
-            let recorded = self.tab(which).fingerprint(i);
+            let recorded = self.table.fingerprint(i);
             if fingerprint != 0 && recorded != 0 && fingerprint != recorded {
                 self.counts.mismatched += 1;
                 return Outcome::Mismatch {
@@ -436,7 +320,7 @@ impl<V> Shard<V> {
             } else {
                 self.counts.replayed += 1;
                 Outcome::Completed {
-                    value: self.tab_mut(which).value(i),
+                    value: self.table.value(i),
                     deadline: w.deadline(),
                 }
             };
@@ -466,12 +350,11 @@ impl<V> Shard<V> {
                 false
             }
         };
+        drop(self.table.take_value(i));
+        self.table.set_fingerprint(i, fingerprint);
         let token = self.take_token();
         let word = Word::new(Phase::InFlight, token, lease_deadline);
-        let table = self.tab_mut(which);
-        drop(table.take_value(i));
-        table.set_fingerprint(i, fingerprint);
-        table.word_cell(i).store_exclusive(word);
+        self.table.slot(i).word.store_exclusive(word);
         Outcome::Acquired {
             token,
             word,
@@ -479,61 +362,32 @@ impl<V> Shard<V> {
         }
     }
 
-    /// Finds room for a new key `h` whose probe ended at the free slot `pos` of table
-    /// `which`, when the shard is at its bound, its table is near or at its rebuild point, or
-    /// a table is draining: reclaims what expired, sweeps if needed, orders a spare table,
-    /// starts or finishes a drain. Returns where `h` goes, or `None` if the shard holds `bound`
-    /// live entries.
+    /// Finds room for a new key `h` when the shard is at its bound or its table is due for a
+    /// rebuild: reclaims what expired, sweeps if needed, grows if needed. Returns the free slot
+    /// for `h`, or `None` if the shard holds `bound` live entries.
     #[cold]
-    fn make_room(
-        &mut self,
-        cell: &ShardCell<V>,
-        h: &KeyHash,
-        now: u64,
-        which: Which,
-        pos: usize,
-    ) -> Option<(Which, usize)> {
-        let mut moved_things = false;
-        if self.occupied() >= self.bound {
-            moved_things = true;
-            self.finish_drain();
+    fn make_room(&mut self, cell: &ShardCell<V>, h: &KeyHash, now: u64) -> Option<usize> {
+        if self.table.occupied() >= self.bound {
             self.expire(cell, now, usize::MAX);
-            if self.occupied() >= self.bound
+            if self.table.occupied() >= self.bound
                 && (cell.vacant.load(Ordering::Relaxed) > 0
                     || cell.shortened.load(Ordering::Relaxed))
             {
                 self.rebuild(cell, now);
             }
-            if self.occupied() >= self.bound {
+            if self.table.occupied() >= self.bound {
                 return None;
             }
         }
         if self.table.needs_rebuild() {
-            moved_things = true;
-            if cell.shortened.load(Ordering::Relaxed) {
-                self.rebuild(cell, now);
-            } else {
-                self.finish_drain();
-                self.start_drain(cell);
-            }
-        } else if self.table.near_rebuild() && self.drain.is_none() {
+            self.rebuild(cell, now);
+        } else if self.table.near_rebuild() {
             self.order_spare(cell);
         }
-        if let Some(d) = &self.drain {
-            // Never happens while claims drain the table faster than they fill it (see
-            // `DRAIN_GROUPS`); if it did, the free slots `h` may take would run out.
-            if which == Which::Draining && !moved_things && d.old.empty_slots() <= 2 * GROUP {
-                moved_things = true;
-                self.finish_drain();
-            }
-        }
-        if !moved_things {
-            return Some((which, pos));
-        }
-        match self.locate(h) {
-            (which, Probe::Absent(pos)) => Some((which, pos)),
+        match self.table.probe(h) {
+            Probe::Absent(pos) => Some(pos),
             // Unreachable: the key was absent and the lock was held throughout.
-            (_, Probe::Found(_)) => None,
+            Probe::Found(_) => None,
         }
     }
 
@@ -561,13 +415,13 @@ impl<V> Shard<V> {
     /// Whether a claim left chores for after the lock.
     #[inline(always)]
     pub(crate) fn has_chores(&self) -> bool {
-        self.order.is_some() || !self.retired.is_empty()
+        self.order.is_some() || self.retired.is_some()
     }
 
     /// Takes the chores a claim left, to run once the lock is released.
     pub(crate) fn take_chores(&mut self) -> Chores<V> {
         Chores {
-            retired: std::mem::take(&mut self.retired),
+            retired: self.retired.take(),
             order: self.order.take(),
         }
     }
@@ -582,16 +436,16 @@ impl<V> Shard<V> {
         None
     }
 
-    /// The empty table a rebuild moves entries into: the spare, if one was made and fits,
-    /// else a new one, sized by [`Shard::rebuild_capacity`] for the entries held less the
-    /// released ones.
-    fn next_table(&mut self, cell: &ShardCell<V>) -> Spare<V> {
-        let survivors = self
-            .table
-            .occupied()
-            .saturating_sub(cell.vacant.load(Ordering::Relaxed));
+    /// Rebuilds the table without its dead entries, sized by [`Shard::rebuild_capacity`] for
+    /// the entries held less the released ones, and points the wheel's records at the entries'
+    /// new slots. Moves entries into the spare table if one was made and fits; the old table is
+    /// left in `retired` for the claim to free after the lock.
+    #[cold]
+    pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64) {
+        let held = self.table.occupied();
+        let survivors = held.saturating_sub(cell.vacant.load(Ordering::Relaxed));
         let capacity = self.rebuild_capacity(survivors);
-        let next = match self.spare.take() {
+        let spare = match self.spare.take() {
             // A spare sized for a projection a little off still does: the load it starts at
             // stays well under the 0.9 rebuild point.
             Some(s)
@@ -603,109 +457,11 @@ impl<V> Shard<V> {
             _ => Spare::new(capacity, self.table.huge(), self.table.capacity()),
         };
         event!(
-            held = self.table.occupied(),
+            held,
             from = self.table.capacity(),
-            to = next.capacity(),
+            to = spare.capacity(),
             "shard table rebuilt"
         );
-        self.rebuilds += 1;
-        next
-    }
-
-    /// Replaces the table with an empty one that the old drains into, a few groups per claim
-    /// (see [`Drain`]), so that no claim waits for a whole table to move. No drain may be
-    /// under way.
-    fn start_drain(&mut self, cell: &ShardCell<V>) {
-        debug_assert!(self.drain.is_none());
-        let (next, moved) = self.next_table(cell).into_parts(self.table.capacity());
-        let old = std::mem::replace(&mut self.table, next);
-        cell.whereabouts.update(&self.table);
-        self.drain = Some(Drain {
-            old,
-            moved,
-            cursor: 0,
-        });
-    }
-
-    /// Moves the entries of up to `groups` more home groups of the draining table, dropping
-    /// dead ones; ends the drain when none are left. Returns the entries dropped.
-    #[cold]
-    #[inline(never)]
-    pub(crate) fn drain_step(&mut self, cell: &ShardCell<V>, now: u64, groups: usize) -> usize {
-        let Some(d) = self.drain.as_mut() else {
-            return 0;
-        };
-        let from = d.cursor;
-        let to = from.saturating_add(groups).min(d.old.groups());
-        let counts = &mut self.counts;
-        let mut dropped = 0;
-        d.old
-            .drain_homes(&mut self.table, &mut d.moved, from, to, |w| {
-                if w.is_live(now) {
-                    return true;
-                }
-                dropped += 1;
-                match w.phase() {
-                    Phase::Vacant => {
-                        cell.vacant.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    Phase::InFlight => counts.lease_expiries += 1,
-                    Phase::Completed => counts.ttl_expiries += 1,
-                }
-                false
-            });
-        d.cursor = to;
-        if to == d.old.groups() {
-            self.end_drain();
-        }
-        dropped
-    }
-
-    /// Moves what is left of the draining table at once, if a drain is under way. Dead
-    /// entries move too (the wheel reclaims them); only [`Shard::drain_step`] drops them.
-    fn finish_drain(&mut self) {
-        let Some(d) = self.drain.as_mut() else {
-            return;
-        };
-        if d.cursor < d.old.groups() {
-            let from = d.cursor;
-            let to = d.old.groups();
-            d.old
-                .drain_homes(&mut self.table, &mut d.moved, from, to, |_| true);
-        }
-        self.end_drain();
-    }
-
-    /// Ends a drain whose table is empty: points the wheel's records at the entries' slots in
-    /// the current table and leaves the drained table for the claim to free after the lock.
-    fn end_drain(&mut self) {
-        let Some(d) = self.drain.take() else {
-            return;
-        };
-        debug_assert_eq!(d.old.occupied(), 0);
-        let moved = &d.moved;
-        self.wheel.remap_with(|r| {
-            if r & NEW_TABLE != 0 {
-                Some(r & !NEW_TABLE)
-            } else {
-                moved
-                    .get(r as usize)
-                    .copied()
-                    .filter(|&to| to != MOVED_NOWHERE)
-            }
-        });
-        self.retired.push((d.old, d.moved));
-    }
-
-    /// Rebuilds the table at once without its dead entries, into the spare table if one was
-    /// made and fits, and points the wheel's records at the entries' new slots (or, if some
-    /// record may sit later than its entry's deadline, files them all afresh). For capacity
-    /// sweeps; growth drains instead. The old table is left in `retired` for the claim to
-    /// free after the lock.
-    #[cold]
-    pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64) {
-        self.finish_drain();
-        let spare = self.next_table(cell);
         let counts = &mut self.counts;
         let (next, moved) = self.table.rebuild(spare, |w| {
             if w.is_live(now) {
@@ -719,6 +475,7 @@ impl<V> Shard<V> {
             false
         });
         let old = std::mem::replace(&mut self.table, next);
+        self.rebuilds += 1;
         cell.whereabouts.update(&self.table);
         if cell.shortened.load(Ordering::Relaxed) {
             // Some record sits later than its entry's deadline: file every record afresh.
@@ -734,7 +491,7 @@ impl<V> Shard<V> {
         }
         // The old table (with the values of dropped entries, whose `Drop` is user code) goes
         // only once the wheel follows the new one, and only after the lock is released.
-        self.retired.push((old, moved));
+        self.retired = Some((old, moved));
         // The write lock excludes every guard, so these reset exactly.
         cell.vacant.store(0, Ordering::Relaxed);
         cell.shortened.store(false, Ordering::Relaxed);
@@ -745,24 +502,20 @@ impl<V> Shard<V> {
     pub(crate) fn expire(&mut self, cell: &ShardCell<V>, now: u64, budget: usize) -> usize {
         let mut reclaimed = 0;
         for _ in 0..budget {
-            let Some(record) = self.wheel.pop(now) else {
+            let Some(idx) = self.wheel.pop(now) else {
                 break;
             };
             // Due records come in bulk (a whole wheel slot at a time) and each needs its
             // entry's word, a random access: fetch the entries of the next ones while this one
             // is handled, so their misses overlap instead of following one another.
             if let Some(ahead) = self.wheel.due_ahead(EXPIRY_PREFETCH) {
-                if let Some((which, i)) = self.resolve(ahead) {
-                    self.tab(which).prefetch_slot(i);
-                }
+                self.table.prefetch_slot(ahead as usize);
             }
-            let Some((which, i)) = self.resolve(record) else {
-                continue;
-            };
-            if !self.tab(which).is_occupied(i) {
+            let i = idx as usize;
+            if !self.table.is_occupied(i) {
                 continue;
             }
-            let w = self.tab(which).word(i);
+            let w = self.table.word(i);
             match w.phase() {
                 Phase::Vacant => {
                     cell.vacant.fetch_sub(1, Ordering::Relaxed);
@@ -775,39 +528,23 @@ impl<V> Shard<V> {
                     }
                 }
                 _ => {
-                    let again = self.record(which, i);
-                    self.wheel.insert(self.record_time(w, now), again);
+                    self.wheel.insert(self.record_time(w, now), idx);
                     continue;
                 }
             }
-            self.tab_mut(which).remove(i);
+            self.table.remove(i);
             reclaimed += 1;
         }
         reclaimed
     }
 
     /// The owner's fenced transition of `h` from `expected` to `next`, under the read lock.
-    /// Returns the entry's table and slot on success.
+    /// Returns the slot on success.
     #[inline]
-    pub(crate) fn transition(
-        &self,
-        h: &KeyHash,
-        expected: Word,
-        next: Word,
-    ) -> Option<(Which, usize)> {
-        let (which, Probe::Found(i)) = self.locate(h) else {
-            return None;
-        };
-        self.tab(which)
-            .word_cell(i)
-            .transition(expected, next)
-            .ok()?;
-        Some((which, i))
-    }
-
-    /// Whether a drain is under way.
-    pub(crate) fn draining(&self) -> bool {
-        self.drain.is_some()
+    pub(crate) fn transition(&self, h: &KeyHash, expected: Word, next: Word) -> Option<usize> {
+        let i = self.table.find(h)?;
+        self.table.slot(i).word.transition(expected, next).ok()?;
+        Some(i)
     }
 }
 
@@ -832,18 +569,6 @@ mod tests {
         outcome
     }
 
-    /// Checks that every key in `ids` is found, and that the wheel has one record per entry,
-    /// each naming a held slot.
-    fn check(s: &Shard<()>, ids: impl Iterator<Item = u128>) {
-        for id in ids {
-            assert!(
-                matches!(s.locate(&hash_id(1, id)), (_, Probe::Found(_))),
-                "key {id}"
-            );
-        }
-        assert_eq!(s.wheel.len(), s.occupied(), "one record per entry");
-    }
-
     #[test]
     fn a_rebuild_moves_entries_into_the_spare_made_outside_the_lock() {
         let c = cell(8192);
@@ -858,7 +583,7 @@ mod tests {
             id += 1;
             let s = c.lock.read();
             if s.rebuilds == 0 {
-                assert!(s.order.is_none() && s.retired.is_empty(), "chores ran");
+                assert!(s.order.is_none() && s.retired.is_none(), "chores ran");
                 if let Some(spare) = &s.spare {
                     spare_capacity.get_or_insert(spare.capacity());
                 }
@@ -867,69 +592,18 @@ mod tests {
         let spare_capacity = spare_capacity.expect("a spare was made before the rebuild");
         let s = c.lock.read();
         assert!(id as usize > rebuild_at - 512 && id as usize <= rebuild_at + 1);
-        assert!(s.spare.is_none() && s.retired.is_empty());
+        assert!(s.spare.is_none() && s.retired.is_none());
         assert_eq!(
             s.table.capacity(),
             spare_capacity,
             "the rebuild used the spare"
         );
         assert!(s.table.capacity() > before);
-        assert!(s.draining());
-        assert_eq!(s.occupied(), id as usize);
-        check(&s, 0..id);
-    }
-
-    #[test]
-    fn claims_drain_the_old_table_while_keys_come_go_and_complete() {
-        let c = cell(64);
-        let mut now = 1;
-        let mut live = Vec::new();
-        let mut drains = 0;
-        for id in 0..20_000u128 {
-            let mut s = c.lock.write();
-            let was_draining = s.draining();
-            // Every third key gets a 5 ms lease it never completes: the wheel reclaims it
-            // from whichever table it is in when the lease runs out.
-            let lease = if id % 3 == 0 { now + 5 } else { now + LEASE };
-            let outcome = s.claim(&c, &hash_id(1, id), 0, now, lease);
-            let Outcome::Acquired { word, .. } = outcome else {
-                panic!("key {id}: {outcome:?}")
-            };
-            if id % 3 != 0 {
-                let done = word.with(Phase::Completed, now + 86_400_000);
-                assert!(s.transition(&hash_id(1, id), word, done).is_some());
-                live.push(id);
-            }
-            if s.draining() && !was_draining {
-                drains += 1;
-            }
-            // A replay of an older key, from whichever table it is in.
-            if let Some(&old) = live.get(live.len() / 2) {
-                let replay = s.claim(&c, &hash_id(1, old), 0, now, now + LEASE);
-                assert!(matches!(replay, Outcome::Completed { .. }), "key {old}");
-            }
-            if id % 100 == 0 {
-                now += 1;
-                check(&s, live.iter().copied());
-            }
-            let chores = s.take_chores();
-            drop(s);
-            chores.run(&c);
+        assert_eq!(s.table.occupied(), id as usize);
+        for k in 0..id {
+            assert!(s.table.find(&hash_id(1, k)).is_some(), "key {k}");
         }
-        assert!(drains >= 5, "{drains} drains");
-        now += 10;
-        let mut s = c.lock.write();
-        s.expire(&c, now, usize::MAX);
-        check(&s, live.iter().copied());
-        assert_eq!(
-            s.occupied(),
-            live.len(),
-            "short leases reclaimed from both tables"
-        );
-        s.finish_drain();
-        assert!(!s.draining());
-        check(&s, live.iter().copied());
-        assert_eq!(s.occupied(), live.len());
+        assert_eq!(s.wheel.len(), id as usize, "one record per entry");
     }
 
     #[test]

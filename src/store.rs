@@ -19,7 +19,7 @@ use crate::stats::Stats;
 #[cfg(not(idemstore_loom))]
 use crate::sync::Listener;
 use crate::sync::{Arc, AtomicUsize, Event, Ordering};
-use crate::table::stores_values;
+use crate::table::{stores_values, Spare};
 
 /// The longest scope accepted by [`ClaimOptions::scope`], in bytes.
 pub const MAX_SCOPE_LEN: usize = 4096;
@@ -30,9 +30,6 @@ pub const MAX_SPAN: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// Records a maintenance pass handles per lock acquisition, so maintenance never holds a shard
 /// long enough to stall a claim.
 const MAINTENANCE_CHUNK: usize = 1024;
-
-/// Groups of a draining table [`Store::run_maintenance`] moves per hold of a shard's lock.
-const MAINTENANCE_DRAIN_GROUPS: usize = 256;
 
 /// An idempotency store: claims keys, records their results and replays them to duplicates.
 ///
@@ -711,7 +708,7 @@ impl<V> Store<V> {
         self.inner
             .shards
             .iter()
-            .map(|s| s.lock.read().occupied())
+            .map(|s| s.lock.read().table.occupied())
             .sum()
     }
 
@@ -837,11 +834,13 @@ impl<V> Inner<V> {
             s.rejected += c.rejected;
             s.lease_expiries += c.lease_expiries;
             s.ttl_expiries += c.ttl_expiries;
-            s.entries += shard.occupied();
-            s.memory_bytes += shard.table_heap_bytes() + shard.wheel.heap_bytes();
+            s.entries += shard.table.occupied();
+            s.memory_bytes += shard.table.heap_bytes()
+                + shard.wheel.heap_bytes()
+                + shard.spare.as_ref().map_or(0, Spare::heap_bytes);
             if stores_values::<V>() {
                 // Each completed entry's value sits in its own Arc allocation.
-                s.memory_bytes += shard.occupied() * (16 + std::mem::size_of::<V>());
+                s.memory_bytes += shard.table.occupied() * (16 + std::mem::size_of::<V>());
             }
             drop(shard);
             s.completions += cell.completions.load(Ordering::Relaxed);
@@ -856,15 +855,6 @@ impl<V> Inner<V> {
             loop {
                 let mut shard = cell.lock.write();
                 let now = floor_ms(shard.advance_time(self.clock.now_nanos()));
-                if shard.draining() {
-                    // A drain that claims have not finished (an idle shard holds two tables):
-                    // a few hundred groups per hold of the lock.
-                    reclaimed += shard.drain_step(cell, now, MAINTENANCE_DRAIN_GROUPS);
-                    let chores = shard.take_chores();
-                    drop(shard);
-                    chores.run(cell);
-                    continue;
-                }
                 if !shard.wheel.is_due(now) {
                     break;
                 }
@@ -939,7 +929,7 @@ impl<'a, V> Guard<'a, V> {
         let next = self
             .word
             .with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
-        let Some((which, i)) = shard.transition(&self.hash, self.word, next) else {
+        let Some(i) = shard.transition(&self.hash, self.word, next) else {
             event!(
                 token = self.token,
                 "complete refused: the lease was lost to a newer owner"
@@ -949,7 +939,7 @@ impl<'a, V> Guard<'a, V> {
         match value {
             // SAFETY: we won this slot's InFlight → Completed transition just now, under the
             // read lock we still hold.
-            Ok(shared) => unsafe { shard.tab(which).publish_value(i, shared) },
+            Ok(shared) => unsafe { shard.table.publish_value(i, shared) },
             Err(unit) => {
                 let _ = inner.unit.get_or_init(|| unit);
             }

@@ -23,9 +23,6 @@ pub(crate) const GROUP: usize = 8;
 pub(crate) const MIN_CAPACITY: usize = 2 * GROUP;
 /// Groups [`Table::passed_through`] looks at before it gives up and keeps a tombstone.
 const PASS_SCAN: usize = 4;
-/// Marks the wheel records of entries in a shard's current table while an older table drains
-/// into it (records without it name slots of the draining table). Tables stay below 2^31 slots.
-pub(crate) const NEW_TABLE: u32 = 1 << 31;
 /// In the map [`Table::rebuild`] returns: the entry was dropped.
 pub(crate) const MOVED_NOWHERE: u32 = u32::MAX;
 
@@ -317,14 +314,6 @@ impl<V> Spare<V> {
         self.table.capacity()
     }
 
-    /// The empty table and the old-to-new map sized for a table of `old_capacity` slots.
-    pub(crate) fn into_parts(self, old_capacity: usize) -> (Table<V>, Vec<u32>) {
-        let Self { table, mut moved } = self;
-        // A spare is made for the table it replaces; this only guards against a mismatch.
-        moved.resize(old_capacity, MOVED_NOWHERE);
-        (table, moved)
-    }
-
     /// Bytes this spare holds on the heap.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.table.heap_bytes() + self.moved.capacity() * std::mem::size_of::<u32>()
@@ -422,10 +411,9 @@ impl<V> Table<V> {
         self.mem.tags()[i] >= crate::key::FIRST_TAG
     }
 
-    /// The state word of slot `i`, for its compare-and-swap transitions.
     #[inline]
-    pub(crate) fn word_cell(&self, i: usize) -> &StateWord {
-        &self.mem.slots()[i].word
+    pub(crate) fn slot(&self, i: usize) -> &Slot {
+        &self.mem.slots()[i]
     }
 
     /// The word of slot `i`; call only with the write lock held, or accept a racing guard's
@@ -446,19 +434,6 @@ impl<V> Table<V> {
     /// Finds `h`, or the first free slot on its path.
     #[inline(always)]
     pub(crate) fn probe(&self, h: &KeyHash) -> Probe {
-        self.probe_in(h, true)
-    }
-
-    /// [`Table::probe`] for a table being drained: the free slot it offers is never a
-    /// tombstone, because a drained entry leaves one and the wheel may still refer to its slot
-    /// (see `Shard::resolve`).
-    #[inline]
-    pub(crate) fn probe_draining(&self, h: &KeyHash) -> Probe {
-        self.probe_in(h, false)
-    }
-
-    #[inline(always)]
-    fn probe_in(&self, h: &KeyHash, reuse_tombstones: bool) -> Probe {
         let tag = h.tag();
         let mut g = h.home(self.groups);
         // The tags say which slot to read, but waiting for them before touching the slots makes
@@ -482,7 +457,7 @@ impl<V> Table<V> {
             if free == usize::MAX {
                 // Tombstones are rare (a group with an EMPTY byte takes none): look for them
                 // only when the table has some.
-                let f = if self.deleted == 0 || !reuse_tombstones {
+                let f = if self.deleted == 0 {
                     empty
                 } else {
                     empty | match_byte(tags, DELETED)
@@ -505,7 +480,7 @@ impl<V> Table<V> {
     }
 
     /// The slot of `h`, if present.
-    #[cfg(test)]
+    #[inline]
     pub(crate) fn find(&self, h: &KeyHash) -> Option<usize> {
         match self.probe(h) {
             Probe::Found(i) => Some(i),
@@ -635,71 +610,6 @@ impl<V> Table<V> {
         }
     }
 
-    /// Groups of eight slots.
-    #[inline]
-    pub(crate) fn groups(&self) -> usize {
-        self.groups
-    }
-
-    /// Slots that are neither held nor tombstones.
-    pub(crate) fn empty_slots(&self) -> usize {
-        self.capacity() - self.occupied - self.deleted
-    }
-
-    /// Drains part of this table into `next`: every entry whose home group is in `from..to`
-    /// leaves a tombstone here and, if `keep` says yes for its word, moves to `next` (with
-    /// `moved[old] = new`); otherwise it is dropped. Such entries sit in the groups from `from`
-    /// on, up to the first group at or after `to - 1` with an `EMPTY` byte (no probe path runs
-    /// past one, and draining only leaves tombstones, so this stays true), wrapping round.
-    pub(crate) fn drain_homes(
-        &mut self,
-        next: &mut Table<V>,
-        moved: &mut [u32],
-        from: usize,
-        to: usize,
-        mut keep: impl FnMut(Word) -> bool,
-    ) {
-        let n = self.groups;
-        debug_assert!(from < to && to <= n);
-        let mut k = from;
-        for _ in 0..n {
-            let g = k % n;
-            let tags = self.group_tags(g);
-            let empty = zero_bytes(tags);
-            let mut held = !(empty | match_byte(tags, DELETED)) & (LSB << 7);
-            while held != 0 {
-                let i = g * GROUP + (held.trailing_zeros() / 8) as usize;
-                held &= held - 1;
-                let s = &self.mem.slots()[i];
-                let home = ((u128::from(s.lo) * n as u128) >> 64) as usize;
-                if home < from || home >= to {
-                    continue;
-                }
-                let w = self.word(i);
-                if keep(w) {
-                    let h = KeyHash { hi: s.hi, lo: s.lo };
-                    let pos = next.free_slot_for_new(&h);
-                    next.insert_at(pos, &h, w, self.fingerprint(i));
-                    if let Some(v) = self.take_value(i) {
-                        if let Some(cell) = next.values.get_mut(pos) {
-                            *cell.0.get_mut() = Some(v);
-                        }
-                    }
-                    moved[i] = pos as u32;
-                } else {
-                    drop(self.take_value(i));
-                }
-                self.mem.tags_mut()[i] = DELETED;
-                self.deleted += 1;
-                self.occupied -= 1;
-            }
-            if k + 1 >= to && empty != 0 {
-                break;
-            }
-            k += 1;
-        }
-    }
-
     /// Moves every entry for which `keep` says yes into `into`'s empty table. Returns the new
     /// table and, for each old slot, the new slot of its entry ([`MOVED_NOWHERE`] if it was not
     /// kept), so the wheel's records can follow their entries.
@@ -737,9 +647,8 @@ impl<V> Table<V> {
         (next, moved)
     }
 
-    /// The first `EMPTY` slot on `h`'s probe path, for a key known to be absent (one moving in
-    /// from the table this one replaces): no tags to compare, no hashes to read. Tombstones on
-    /// the way are passed over, not reused, which is only less compact.
+    /// The first empty slot on `h`'s probe path, for a key known to be absent from a table
+    /// without tombstones (a table being rebuilt): no tags to compare, no hashes to read.
     #[inline]
     fn free_slot_for_new(&self, h: &KeyHash) -> usize {
         let mut g = h.home(self.groups);

@@ -200,22 +200,17 @@ impl Wheel {
     /// drops the records of entries the rebuild dropped (`moved[old] == u32::MAX`). Each record
     /// keeps its time, so this costs one pass over the records, with no refiling.
     pub(crate) fn remap(&mut self, moved: &[u32]) {
-        self.remap_with(|r| moved.get(r as usize).copied().filter(|&to| to != u32::MAX));
-    }
-
-    /// Replaces every record `r` with `to(r)`, dropping it where that is `None`; one pass.
-    pub(crate) fn remap_with(&mut self, mut to: impl FnMut(u32) -> Option<u32>) {
-        let mut follow = |r: &mut u32| match to(*r) {
-            Some(next) => {
-                *r = next;
+        let follow = |r: &mut u32| match moved.get(*r as usize) {
+            Some(&to) if to != u32::MAX => {
+                *r = to;
                 true
             }
-            None => false,
+            _ => false,
         };
         let mut records = 0;
         for lvl in self.levels.iter_mut() {
             for (slot, list) in lvl.slots.iter_mut().enumerate() {
-                list.retain_mut(&mut follow);
+                list.retain_mut(follow);
                 if list.is_empty() {
                     lvl.occupied &= !(1 << slot);
                     *list = Vec::new();
@@ -223,7 +218,7 @@ impl Wheel {
                 records += list.len();
             }
         }
-        self.due.retain_mut(&mut follow);
+        self.due.retain_mut(follow);
         let mut kept = 0;
         for k in 0..self.staged {
             let mut idx = self.staged_idx[k];
