@@ -317,6 +317,7 @@ impl<V> Builder<V> {
             maintainer: OnceLock::new(),
             max_value_size: self.max_value_size,
             weigher: self.weigher,
+            pool: crate::shard::Pool::new(),
         });
         #[cfg(not(idemstore_loom))]
         if let Some(every) = self.maintenance {

@@ -74,15 +74,77 @@ pub(crate) struct Shard<V> {
     pub(crate) spare: Option<Spare<V>>,
     /// A spare asked of the claim that holds the lock now, to make once it lets go.
     order: Option<SpareOrder>,
-    /// The table the last rebuild replaced and its old-to-new slot map, for the claim that
-    /// rebuilt to free once it lets go of the lock.
-    retired: Option<(Table<V>, Vec<u32>)>,
+    /// The table the last rebuild replaced, for the claim that rebuilt to free (or give to
+    /// the store's [`Pool`]) once it lets go of the lock.
+    retired: Option<Retired<V>>,
+}
+
+/// A table a rebuild replaced.
+#[derive(Debug)]
+struct Retired<V> {
+    table: Table<V>,
+    /// The rebuild's old-to-new slot map, freed with it.
+    moved: Vec<u32>,
+    /// Whether the table is worth keeping for another shard's rebuild: the rebuild grew the
+    /// shard by a quarter at most (at steady state, rebuilds that clear tombstones replace a
+    /// table with one of about its size; growth replaces it with one 1.3 to 1.5 times larger).
+    reusable: bool,
+}
+
+/// Tables kept for shards' next rebuilds, at most [`POOL_TABLES`] per store. A new table's
+/// memory must be zeroed by the kernel, which took milliseconds per table here (a claim that
+/// makes a spare waits for it, and so do the claims queued behind it); a kept table is emptied
+/// by a pass over its tags (see `Table::recycle`). Only tables replaced by rebuilds that did not
+/// grow their shard much are kept, so a store that is growing keeps none.
+#[derive(Debug)]
+pub(crate) struct Pool<V> {
+    tables: RwLock<Vec<Table<V>>>,
+}
+
+/// The most tables a [`Pool`] keeps: at steady state shards reach their rebuilds one at a time,
+/// and each takes a table soon after another gave one back.
+const POOL_TABLES: usize = 4;
+
+impl<V> Pool<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            tables: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Keeps `table`; hands back the table it displaced (the smallest) if the pool was full,
+    /// for the caller to free after the pool's lock is released.
+    fn give(&self, table: Table<V>) -> Option<Table<V>> {
+        let mut tables = self.tables.write();
+        tables.push(table);
+        if tables.len() <= POOL_TABLES {
+            return None;
+        }
+        let smallest = (0..tables.len()).min_by_key(|&i| tables[i].capacity())?;
+        Some(tables.swap_remove(smallest))
+    }
+
+    /// A kept table of `min..=max` slots with the given huge-page choice, if there is one.
+    fn take(&self, min: usize, max: usize, huge: bool) -> Option<Table<V>> {
+        let mut tables = self.tables.write();
+        let i = tables
+            .iter()
+            .position(|t| (min..=max).contains(&t.capacity()) && t.huge() == huge)?;
+        Some(tables.swap_remove(i))
+    }
+
+    /// Bytes the kept tables hold.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.tables.read().iter().map(Table::heap_bytes).sum()
+    }
 }
 
 /// What a spare table must be: made by [`Chores::run`], handed back by [`Shard::deliver`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SpareOrder {
     capacity: usize,
+    /// The sizes a kept table may have to do instead (see [`Shard::fitting`]).
+    fits: (usize, usize),
     old_capacity: usize,
     huge: bool,
     /// The shard's rebuild count when ordered.
@@ -97,7 +159,7 @@ pub(crate) struct SpareOrder {
 #[derive(Debug)]
 #[must_use = "chores left undone keep memory or leave the next rebuild to allocate under the lock"]
 pub(crate) struct Chores<V> {
-    retired: Option<(Table<V>, Vec<u32>)>,
+    retired: Option<Retired<V>>,
     order: Option<SpareOrder>,
 }
 
@@ -105,10 +167,21 @@ impl<V> Chores<V> {
     /// Does the chores; call without holding `cell`'s lock.
     #[cold]
     #[inline(never)]
-    pub(crate) fn run(self, cell: &ShardCell<V>) {
-        drop(self.retired);
+    pub(crate) fn run(self, cell: &ShardCell<V>, pool: &Pool<V>) {
+        if let Some(retired) = self.retired {
+            drop(retired.moved);
+            if retired.reusable {
+                drop(pool.give(retired.table));
+            } else {
+                drop(retired.table);
+            }
+        }
         if let Some(order) = self.order {
-            let spare = Spare::new(order.capacity, order.huge, order.old_capacity);
+            let (min, max) = order.fits;
+            let spare = match pool.take(min, max, order.huge) {
+                Some(table) => Spare::recycled(table, order.old_capacity),
+                None => Spare::new(order.capacity, order.huge, order.old_capacity),
+            };
             // The guard is a temporary, released at the end of the statement: a spare the
             // shard turns down is freed outside the lock too.
             let unwanted = cell.lock.write().deliver(order.generation, spare);
@@ -116,6 +189,10 @@ impl<V> Chores<V> {
         }
     }
 }
+
+/// The highest load (percent) a rebuild may start a table at when it reuses a spare smaller than
+/// it would make: well under the 0.9 rebuild point.
+const MAX_START_LOAD: usize = 78;
 
 /// What a claim found, before the store turns it into a public [`crate::Claim`].
 #[derive(Debug)]
@@ -398,14 +475,28 @@ impl<V> Shard<V> {
         wanted.min(max_capacity(self.bound)).max(MIN_CAPACITY)
     }
 
+    /// The sizes of a table that does for a rebuild that would make `capacity` slots: up to a
+    /// quarter larger, and smaller down to where the entries it is sized for would fill it to
+    /// [`MAX_START_LOAD`]. A spare sized for a projection a little off does, and so does a
+    /// kept table of about the old size when a shard at steady state rebuilds to clear its
+    /// tombstones (making a fresh table of the target size would cost milliseconds of zeroing).
+    fn fitting(&self, capacity: usize) -> (usize, usize) {
+        (
+            capacity * self.target_load / MAX_START_LOAD,
+            capacity + capacity / 4,
+        )
+    }
+
     /// Asks the claim that holds the lock to make a spare table for the next rebuild once it
     /// lets go (see [`Chores`]), sized for the entries the table will hold at its rebuild point.
     fn order_spare(&mut self, cell: &ShardCell<V>) {
         self.table.spare_ordered();
         let at_rebuild = self.table.rebuild_at() - self.table.tombstones();
         let survivors = at_rebuild.saturating_sub(cell.vacant.load(Ordering::Relaxed));
+        let capacity = self.rebuild_capacity(survivors);
         self.order = Some(SpareOrder {
-            capacity: self.rebuild_capacity(survivors),
+            capacity,
+            fits: self.fitting(capacity),
             old_capacity: self.table.capacity(),
             huge: self.table.huge(),
             generation: self.rebuilds,
@@ -445,15 +536,9 @@ impl<V> Shard<V> {
         let held = self.table.occupied();
         let survivors = held.saturating_sub(cell.vacant.load(Ordering::Relaxed));
         let capacity = self.rebuild_capacity(survivors);
+        let (min, max) = self.fitting(capacity);
         let spare = match self.spare.take() {
-            // A spare sized for a projection a little off still does: the load it starts at
-            // stays well under the 0.9 rebuild point.
-            Some(s)
-                if s.capacity() >= capacity - capacity / 16
-                    && s.capacity() <= capacity + capacity / 4 =>
-            {
-                s
-            }
+            Some(s) if (min..=max).contains(&s.capacity()) => s,
             _ => Spare::new(capacity, self.table.huge(), self.table.capacity()),
         };
         event!(
@@ -491,7 +576,12 @@ impl<V> Shard<V> {
         }
         // The old table (with the values of dropped entries, whose `Drop` is user code) goes
         // only once the wheel follows the new one, and only after the lock is released.
-        self.retired = Some((old, moved));
+        let reusable = self.table.capacity() <= old.capacity() + old.capacity() / 4;
+        self.retired = Some(Retired {
+            table: old,
+            moved,
+            reusable,
+        });
         // The write lock excludes every guard, so these reset exactly.
         cell.vacant.store(0, Ordering::Relaxed);
         cell.shortened.store(false, Ordering::Relaxed);
@@ -565,7 +655,7 @@ mod tests {
         let outcome = shard.claim(cell, &hash_id(1, id), 0, 1, LEASE);
         let chores = shard.take_chores();
         drop(shard);
-        chores.run(cell);
+        chores.run(cell, &Pool::new());
         outcome
     }
 
@@ -604,6 +694,77 @@ mod tests {
             assert!(s.table.find(&hash_id(1, k)).is_some(), "key {k}");
         }
         assert_eq!(s.wheel.len(), id as usize, "one record per entry");
+    }
+
+    #[test]
+    fn a_table_replaced_at_the_same_size_becomes_another_shards_spare() {
+        let pool = Pool::new();
+        // `b` (target load 0.6, like every shard of index 0) will want about 1.5 times its
+        // 5464 slots at its rebuild: about the 8192 slots `a` gives back.
+        let (a, b) = (cell(8192), cell(5464));
+        for id in 0..4000 {
+            claim(&a, id);
+        }
+        // A rebuild that does not grow the shard (nothing new came in): its old table is kept.
+        let mut s = a.lock.write();
+        let kept_capacity = s.table.capacity();
+        s.rebuild(&a, 1);
+        let chores = s.take_chores();
+        drop(s);
+        chores.run(&a, &pool);
+        assert_eq!(pool.tables.read().len(), 1);
+        assert_eq!(pool.heap_bytes(), pool.tables.read()[0].heap_bytes());
+        // Shard `b` grows to its spare point: its spare is that table, emptied.
+        let mut id = 1 << 40;
+        while b.lock.read().spare.is_none() {
+            let mut s = b.lock.write();
+            s.claim(&b, &hash_id(1, id), 0, 1, LEASE);
+            let chores = s.take_chores();
+            drop(s);
+            chores.run(&b, &pool);
+            id += 1;
+        }
+        assert!(pool.tables.read().is_empty(), "the kept table was taken");
+        let s = b.lock.read();
+        let spare = s.spare.as_ref().unwrap();
+        assert!(spare.capacity() >= kept_capacity - kept_capacity / 16);
+        drop(s);
+        // The grown table holds every key of `b` and none of `a`'s.
+        while b.lock.read().rebuilds == 0 {
+            claim(&b, id);
+            id += 1;
+        }
+        let s = b.lock.read();
+        assert_eq!(s.table.occupied(), (id - (1 << 40)) as usize);
+        for k in (1 << 40)..id {
+            assert!(s.table.find(&hash_id(1, k)).is_some());
+        }
+        for k in 0..4000 {
+            assert!(
+                s.table.find(&hash_id(1, k)).is_none(),
+                "key {k} of the other shard"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pool_keeps_a_few_tables_and_hands_out_fitting_ones() {
+        let pool: Pool<()> = Pool::new();
+        for cap in [1000, 2000, 3000, 4000] {
+            assert!(pool.give(Table::new(cap, false)).is_none());
+        }
+        let displaced = pool.give(Table::new(5000, false)).expect("full");
+        assert_eq!(displaced.capacity(), 1000, "the smallest goes");
+        assert!(pool.take(2500, 2900, false).is_none(), "no size in range");
+        assert!(
+            pool.take(3000, 3100, true).is_none(),
+            "other huge-page choice"
+        );
+        assert_eq!(
+            pool.take(2900, 3100, false).map(|t| t.capacity()),
+            Some(3000)
+        );
+        assert_eq!(pool.tables.read().len(), 3);
     }
 
     #[test]

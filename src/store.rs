@@ -13,7 +13,7 @@ use crate::builder::{Builder, Weigher};
 use crate::clock::{deadline_ms, floor_ms, nanos_of, Clock};
 use crate::error::Error;
 use crate::key::{hash_fingerprint, hash_id, hash_key, KeyHash};
-use crate::shard::{Outcome, ShardCell};
+use crate::shard::{Outcome, Pool, ShardCell};
 use crate::state::{Phase, Word};
 use crate::stats::Stats;
 #[cfg(not(idemstore_loom))]
@@ -71,6 +71,8 @@ pub(crate) struct Inner<V> {
     /// The heaviest value `complete` stores, as `weigher` (or `size_of::<V>()`) measures it.
     pub(crate) max_value_size: usize,
     pub(crate) weigher: Option<Weigher<V>>,
+    /// Tables kept for the shards' next rebuilds.
+    pub(crate) pool: Pool<V>,
 }
 
 impl<V> Drop for Inner<V> {
@@ -656,7 +658,7 @@ impl<V> Store<V> {
             // Rare (twice per rebuild): memory to make or free, never under the lock.
             let chores = locked.take_chores();
             drop(locked);
-            chores.run(cell);
+            chores.run(cell, &inner.pool);
         } else {
             drop(locked);
         }
@@ -823,6 +825,7 @@ impl<V> Inner<V> {
                 + self.shards.len() * std::mem::size_of::<CachePadded<ShardCell<V>>>(),
             ..Stats::default()
         };
+        s.memory_bytes += self.pool.heap_bytes();
         for cell in self.shards.iter() {
             let shard = cell.lock.read();
             let c = shard.counts;
