@@ -493,10 +493,19 @@ impl<V> Shard<V> {
         self.table.spare_ordered();
         let at_rebuild = self.table.rebuild_at() - self.table.tombstones();
         let survivors = at_rebuild.saturating_sub(cell.vacant.load(Ordering::Relaxed));
-        let capacity = self.rebuild_capacity(survivors);
+        let wanted = self.rebuild_capacity(survivors);
+        let fits = self.fitting(wanted);
+        // A shard that is not growing (its rebuild clears tombstones) asks for a table of its
+        // present size where that does: the kept tables of the other shards at steady state
+        // are that size, so it gets one of them instead of new memory.
+        let capacity = if (fits.0..=fits.1).contains(&self.table.capacity()) {
+            self.table.capacity()
+        } else {
+            wanted
+        };
         self.order = Some(SpareOrder {
             capacity,
-            fits: self.fitting(capacity),
+            fits,
             old_capacity: self.table.capacity(),
             huge: self.table.huge(),
             generation: self.rebuilds,
@@ -745,6 +754,26 @@ mod tests {
                 "key {k} of the other shard"
             );
         }
+    }
+
+    #[test]
+    fn a_shard_that_is_not_growing_orders_a_spare_of_its_present_size() {
+        let c = cell(8192);
+        for id in 0..5000 {
+            claim(&c, id);
+        }
+        let mut s = c.lock.write();
+        // Growing: the projection fills the table to its rebuild point with live entries.
+        s.order_spare(&c);
+        let growing = s.order.take().unwrap();
+        assert!(growing.capacity > 8192 * 5 / 4, "{growing:?}");
+        // 3,000 released entries the rebuild will drop: the present 8,192 slots will do.
+        c.vacant.store(3000, Ordering::Relaxed);
+        s.order_spare(&c);
+        let steady = s.order.take().unwrap();
+        assert_eq!(steady.capacity, 8192, "{steady:?}");
+        assert!((steady.fits.0..=steady.fits.1).contains(&8192));
+        c.vacant.store(0, Ordering::Relaxed);
     }
 
     #[test]
