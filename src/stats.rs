@@ -31,9 +31,10 @@ pub struct Stats {
     pub entries: usize,
     /// The configured bound on entries.
     pub max_entries: usize,
-    /// Bytes the store holds: tables, timing wheels, shard headers and value allocations
-    /// (an upper bound for the values: every held entry is counted as holding one, at its
-    /// inline size; heap memory a value owns is not seen).
+    /// Bytes the store holds: tables (with the spare tables made for shards' next rebuilds
+    /// and the few emptied ones kept for reuse), timing wheels, shard headers and value
+    /// allocations (an upper bound for the values: every held entry is counted as holding
+    /// one, at its inline size; heap memory a value owns is not seen).
     pub memory_bytes: usize,
 }
 
