@@ -475,16 +475,15 @@ impl<V> Shard<V> {
         wanted.min(max_capacity(self.bound)).max(MIN_CAPACITY)
     }
 
-    /// The sizes of a table that does for a rebuild that would make `capacity` slots: up to a
-    /// quarter larger, and smaller down to where the entries it is sized for would fill it to
-    /// [`MAX_START_LOAD`]. A spare sized for a projection a little off does, and so does a
-    /// kept table of about the old size when a shard at steady state rebuilds to clear its
-    /// tombstones (making a fresh table of the target size would cost milliseconds of zeroing).
-    fn fitting(&self, capacity: usize) -> (usize, usize) {
-        (
-            capacity * self.target_load / MAX_START_LOAD,
-            capacity + capacity / 4,
-        )
+    /// The sizes of a table that does for a rebuild that keeps `survivors` entries and would
+    /// make `capacity` slots: up to a quarter larger, and smaller down to where the survivors
+    /// would fill it to [`MAX_START_LOAD`]. A spare sized for a projection a little off does, and
+    /// so does a kept table of about the old size when a shard at steady state rebuilds to clear
+    /// its tombstones (making a fresh table of the target size would cost milliseconds of
+    /// zeroing).
+    fn fitting(&self, survivors: usize, capacity: usize) -> (usize, usize) {
+        let least = ((survivors + 1) * 100).div_ceil(MAX_START_LOAD);
+        (least.min(capacity), capacity + capacity / 4)
     }
 
     /// Asks the claim that holds the lock to make a spare table for the next rebuild once it
@@ -494,7 +493,7 @@ impl<V> Shard<V> {
         let at_rebuild = self.table.rebuild_at() - self.table.tombstones();
         let survivors = at_rebuild.saturating_sub(cell.vacant.load(Ordering::Relaxed));
         let wanted = self.rebuild_capacity(survivors);
-        let fits = self.fitting(wanted);
+        let fits = self.fitting(survivors, wanted);
         // A shard that is not growing (its rebuild clears tombstones) asks for a table of its
         // present size where that does: the kept tables of the other shards at steady state
         // are that size, so it gets one of them instead of new memory.
@@ -545,7 +544,7 @@ impl<V> Shard<V> {
         let held = self.table.occupied();
         let survivors = held.saturating_sub(cell.vacant.load(Ordering::Relaxed));
         let capacity = self.rebuild_capacity(survivors);
-        let (min, max) = self.fitting(capacity);
+        let (min, max) = self.fitting(survivors, capacity);
         let spare = match self.spare.take() {
             Some(s) if (min..=max).contains(&s.capacity()) => s,
             _ => Spare::new(capacity, self.table.huge(), self.table.capacity()),
@@ -774,6 +773,29 @@ mod tests {
         assert_eq!(steady.capacity, 8192, "{steady:?}");
         assert!((steady.fits.0..=steady.fits.1).contains(&8192));
         c.vacant.store(0, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_shard_at_its_bound_takes_no_spare_its_entries_would_overfill() {
+        // 1,000 entries at most: the table is at its largest, 1,344 slots (a load of 0.75).
+        let c: ShardCell<()> = ShardCell::new(0, 1000, 86_400_000, 1344, 0, false);
+        for id in 0..1000 {
+            assert!(matches!(claim(&c, id), Outcome::Acquired { .. }));
+        }
+        let mut s = c.lock.write();
+        assert_eq!(s.table.capacity(), 1344);
+        // 1,040 slots would start at a load of 0.96, past the rebuild point.
+        let generation = s.rebuilds;
+        assert!(s
+            .deliver(generation, Spare::new(1040, false, 1344))
+            .is_none());
+        s.rebuild(&c, 1);
+        assert_eq!(
+            s.table.capacity(),
+            1344,
+            "sized for its entries, not the spare"
+        );
+        assert!(!s.table.needs_rebuild());
     }
 
     #[test]
