@@ -282,11 +282,18 @@ const SPARE_MIN_CAPACITY: usize = 4096;
 
 /// The `check_at` of a fresh table of `cap` slots.
 fn check_at(cap: usize) -> usize {
+    let at = rebuild_at(cap);
     if cap >= SPARE_MIN_CAPACITY {
-        cap * 9 / 10 - spare_margin(cap * 9 / 10)
+        at - spare_margin(at)
     } else {
-        cap * 9 / 10
+        at
     }
+}
+
+/// The `rebuild_at` of a fresh table of `cap` slots: (n + 1) * 10 > cap * 9, i.e.
+/// n >= cap * 9 / 10 rounded down.
+fn rebuild_at(cap: usize) -> usize {
+    cap * 9 / 10
 }
 
 /// How many inserts before its rebuild point a table asks for a spare: enough that the
@@ -312,16 +319,18 @@ impl<V> Spare<V> {
         let mut table = Table::new(capacity, huge);
         // The new table is about to be written all over: fault it in at once.
         table.mem.populate();
-        Self {
-            table,
-            moved: vec![MOVED_NOWHERE; old_capacity],
-        }
+        Self::of(table, old_capacity)
     }
 
     /// A spare made of `table`, emptied ([`Table::recycle`]), to replace a table of
     /// `old_capacity` slots.
     pub(crate) fn recycled(mut table: Table<V>, old_capacity: usize) -> Self {
         table.recycle();
+        Self::of(table, old_capacity)
+    }
+
+    /// The empty `table` with an old-to-new map for a table of `old_capacity` slots.
+    fn of(table: Table<V>, old_capacity: usize) -> Self {
         Self {
             table,
             moved: vec![MOVED_NOWHERE; old_capacity],
@@ -370,8 +379,7 @@ impl<V> Table<V> {
             groups,
             occupied: 0,
             deleted: 0,
-            // (n + 1) * 10 > cap * 9, i.e. n >= cap * 9 / 10 rounded down.
-            rebuild_at: cap * 9 / 10,
+            rebuild_at: rebuild_at(cap),
             check_at: check_at(cap),
         }
     }
@@ -692,7 +700,7 @@ impl<V> Table<V> {
         self.occupied = 0;
         self.deleted = 0;
         let cap = self.capacity();
-        self.rebuild_at = cap * 9 / 10;
+        self.rebuild_at = rebuild_at(cap);
         self.check_at = check_at(cap);
     }
 
