@@ -80,6 +80,58 @@ impl<T> ZeroedArray<T> {
         }
     }
 
+    /// This array grown to `len` elements in a new mapping that takes over its pages: the
+    /// first `self.len()` elements keep their bytes and the rest are zero. Only the new part
+    /// is fresh memory for the kernel to zero; the old part moves by its page tables (`mremap`),
+    /// huge pages whole where both ends are 2 MiB-aligned, which they are here. Hands the array
+    /// back unchanged if it is not a mapping of its own, is not shorter than `len`, or the
+    /// kernel refuses.
+    #[cfg_attr(not(target_os = "linux"), allow(clippy::unnecessary_wraps))]
+    pub(crate) fn grow(self, len: usize) -> Result<Self, Self> {
+        #[cfg(target_os = "linux")]
+        if self.mapped && len > self.len {
+            let old_bytes = page_round(self.layout().size());
+            let Ok(layout) = Layout::array::<T>(len) else {
+                return Err(self);
+            };
+            let Some(to) = map_huge(layout.size()) else {
+                return Err(self);
+            };
+            // SAFETY: `self` is the mapping `map_huge` made of `old_bytes` bytes at `ptr`;
+            // `to` is a fresh mapping of at least that many bytes, so the move replaces only
+            // memory nobody refers to. On success the old range is unmapped by the kernel and
+            // its pages (with the elements' bytes) now sit at `to`.
+            let moved = unsafe {
+                libc::mremap(
+                    self.ptr.as_ptr().cast(),
+                    old_bytes,
+                    old_bytes,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    to.as_ptr().cast::<libc::c_void>(),
+                )
+            };
+            if moved == libc::MAP_FAILED {
+                // SAFETY: `to` is the fresh mapping made above, never handed out.
+                unsafe { libc::munmap(to.as_ptr().cast(), page_round(layout.size())) };
+                return Err(self);
+            }
+            // The old mapping is gone: nothing is left for `self`'s `Drop` to free or drop.
+            std::mem::forget(self);
+            return Ok(Self {
+                ptr: to.cast(),
+                len,
+                mapped: true,
+            });
+        }
+        let _ = len;
+        Err(self)
+    }
+
+    /// Whether [`ZeroedArray::grow`] may take this array's pages (it is a mapping of its own).
+    pub(crate) fn is_mapped(&self) -> bool {
+        self.mapped
+    }
+
     fn layout(&self) -> Layout {
         Layout::array::<T>(self.len.max(1)).expect("invariant: checked when allocated")
     }
@@ -198,6 +250,35 @@ mod tests {
             a[len - 1] = 7;
             assert_eq!(a[len - 1], 7);
         }
+    }
+
+    #[test]
+    fn grown_arrays_keep_their_elements_and_add_zeros() {
+        let len = (5 << 20) / 8 + 3;
+        // SAFETY: zero is a valid u64.
+        let mut a = unsafe { ZeroedArray::<u64>::new(len, true) };
+        a.populate();
+        for (i, x) in a.iter_mut().enumerate() {
+            *x = i as u64 + 1;
+        }
+        let grown = a.grow(len * 2);
+        #[cfg(target_os = "linux")]
+        {
+            let g = grown.expect("a mapping grows");
+            assert!(g.mapped && g.len() == len * 2);
+            assert_eq!(g.as_ptr() as usize % (2 << 20), 0, "huge-page aligned");
+            assert!(g[..len].iter().enumerate().all(|(i, &x)| x == i as u64 + 1));
+            assert!(g[len..].iter().all(|&x| x == 0));
+            // Not longer: handed back as it was.
+            let same = g.grow(len).expect_err("not longer");
+            assert_eq!(same.len(), len * 2);
+        }
+        #[cfg(not(target_os = "linux"))]
+        assert_eq!(grown.expect_err("no mappings").len(), len);
+        // Memory from the allocator is handed back.
+        // SAFETY: zero is a valid u64.
+        let small = unsafe { ZeroedArray::<u64>::new(100, true) };
+        assert_eq!(small.grow(200).expect_err("not a mapping").len(), 100);
     }
 
     #[test]

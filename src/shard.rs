@@ -124,6 +124,29 @@ impl<V> Pool<V> {
         Some(tables.swap_remove(smallest))
     }
 
+    /// Keeps `table`, replaced by a rebuild that grew its shard, if no other table is kept:
+    /// while a store grows, each such table becomes part of the next larger spare
+    /// ([`Pool::take_smaller`]), and one is enough to bridge a rebuild and the next order
+    /// without holding much memory once growth stops. Hands it back otherwise.
+    fn give_grown(&self, table: Table<V>) -> Option<Table<V>> {
+        let mut tables = self.tables.write();
+        if !tables.is_empty() || !table.can_grow() {
+            return Some(table);
+        }
+        tables.push(table);
+        None
+    }
+
+    /// The largest kept table of fewer than `below` slots with the given huge-page choice,
+    /// to grow into a spare (see [`Spare::regrown`]).
+    fn take_smaller(&self, below: usize, huge: bool) -> Option<Table<V>> {
+        let mut tables = self.tables.write();
+        let i = (0..tables.len())
+            .filter(|&i| tables[i].capacity() < below && tables[i].huge() == huge)
+            .max_by_key(|&i| tables[i].capacity())?;
+        Some(tables.swap_remove(i))
+    }
+
     /// A kept table of `min..=max` slots with the given huge-page choice, if there is one.
     fn take(&self, min: usize, max: usize, huge: bool) -> Option<Table<V>> {
         let mut tables = self.tables.write();
@@ -173,14 +196,17 @@ impl<V> Chores<V> {
             if retired.reusable {
                 drop(pool.give(retired.table));
             } else {
-                drop(retired.table);
+                drop(pool.give_grown(retired.table));
             }
         }
         if let Some(order) = self.order {
             let (min, max) = order.fits;
-            let spare = match pool.take(min, max, order.huge) {
-                Some(table) => Spare::recycled(table, order.old_capacity),
-                None => Spare::new(order.capacity, order.huge, order.old_capacity),
+            let spare = if let Some(table) = pool.take(min, max, order.huge) {
+                Spare::recycled(table, order.old_capacity)
+            } else if let Some(table) = pool.take_smaller(min, order.huge) {
+                Spare::regrown(table, order.capacity, order.huge, order.old_capacity)
+            } else {
+                Spare::new(order.capacity, order.huge, order.old_capacity)
             };
             // The guard is a temporary, released at the end of the statement: a spare the
             // shard turns down is freed outside the lock too.
@@ -659,12 +685,78 @@ mod tests {
 
     /// A claim as the store makes it: under the write lock, chores after it.
     fn claim(cell: &ShardCell<()>, id: u128) -> Outcome<()> {
+        claim_in(cell, id, &Pool::new())
+    }
+
+    /// [`claim`] in a store whose pool is `pool`.
+    fn claim_in(cell: &ShardCell<()>, id: u128, pool: &Pool<()>) -> Outcome<()> {
         let mut shard = cell.lock.write();
         let outcome = shard.claim(cell, &hash_id(1, id), 0, 1, LEASE);
         let chores = shard.take_chores();
         drop(shard);
-        chores.run(cell, &Pool::new());
+        chores.run(cell, pool);
         outcome
+    }
+
+    #[test]
+    fn a_table_replaced_by_growth_becomes_part_of_a_larger_spare() {
+        let pool = Pool::new();
+        // Tables of 2.5 MB and more on huge pages are mappings of their own, which can grow.
+        let huge = |capacity| ShardCell::new(0, 10_000_000, 86_400_000, capacity, 0, true);
+        let (a, b) = (huge(100_000), huge(110_000));
+        let mut id = 0;
+        while a.lock.read().rebuilds == 0 {
+            assert!(matches!(claim_in(&a, id, &pool), Outcome::Acquired { .. }));
+            id += 1;
+        }
+        if !a.lock.read().table.can_grow() {
+            // Not Linux: tables come from the allocator and none is kept.
+            assert!(pool.tables.read().is_empty());
+            return;
+        }
+        let kept = pool
+            .tables
+            .read()
+            .iter()
+            .map(Table::capacity)
+            .collect::<Vec<_>>();
+        assert_eq!(kept, [100_000], "the table the growth replaced is kept");
+        // `b` (target load 0.6) orders a spare of about 165 000 slots, more than the kept
+        // table's 100 000 plus a quarter: the kept table is grown into it.
+        let first_b = 1 << 40;
+        let mut id = first_b;
+        while b.lock.read().spare.is_none() {
+            assert!(matches!(claim_in(&b, id, &pool), Outcome::Acquired { .. }));
+            id += 1;
+        }
+        assert!(pool.tables.read().is_empty(), "the kept table was taken");
+        let spare = b.lock.read().spare.as_ref().unwrap().capacity();
+        assert!(spare > 160_000, "grown to the size ordered: {spare}");
+        while b.lock.read().rebuilds == 0 {
+            claim_in(&b, id, &pool);
+            id += 1;
+        }
+        let s = b.lock.read();
+        assert_eq!(
+            s.table.capacity(),
+            spare,
+            "the rebuild used the grown table"
+        );
+        assert_eq!(s.table.occupied(), (id - first_b) as usize);
+        for k in first_b..id {
+            assert!(s.table.find(&hash_id(1, k)).is_some(), "key {k}");
+        }
+        for k in 0..90_000 {
+            assert!(
+                s.table.find(&hash_id(1, k)).is_none(),
+                "key {k} of the other shard"
+            );
+        }
+        assert_eq!(
+            s.wheel.len(),
+            (id - first_b) as usize,
+            "one record per entry"
+        );
     }
 
     #[test]

@@ -185,6 +185,27 @@ impl Memory {
     fn populate(&mut self) {
         self.lines.populate();
     }
+
+    /// This memory made into `cap` tags and slots by growing its mapping (see
+    /// `ZeroedArray::grow`): the tags are zeroed, the slots keep whatever bytes they got, which
+    /// nothing reads (see [`Table::recycle`]). Faulted in. Hands it back if it cannot grow.
+    fn can_grow(&self) -> bool {
+        self.lines.is_mapped()
+    }
+
+    fn regrow(self, cap: usize) -> Result<Self, Self> {
+        let Self { lines, cap: old } = self;
+        let want = Self::tag_lines(cap) + (cap * std::mem::size_of::<Slot>()).div_ceil(64);
+        match lines.grow(want) {
+            Ok(lines) => {
+                let mut mem = Self { lines, cap };
+                mem.tags_mut().fill(EMPTY);
+                mem.populate();
+                Ok(mem)
+            }
+            Err(lines) => Err(Self { lines, cap: old }),
+        }
+    }
 }
 
 /// Under loom (whose atomics are not plain memory): two boxed arrays.
@@ -220,6 +241,14 @@ impl Memory {
     }
 
     fn populate(&mut self) {}
+
+    fn can_grow(&self) -> bool {
+        false
+    }
+
+    fn regrow(self, _cap: usize) -> Result<Self, Self> {
+        Err(self)
+    }
 }
 
 impl Slot {
@@ -329,6 +358,21 @@ impl<V> Spare<V> {
         Self::of(table, old_capacity)
     }
 
+    /// A spare of at least `capacity` slots made by growing `table`, a smaller kept table,
+    /// in place of its memory ([`Table::regrow`]): only the added memory is new, for the
+    /// kernel to zero. A table that cannot grow is freed and a new one made.
+    pub(crate) fn regrown(
+        table: Table<V>,
+        capacity: usize,
+        huge: bool,
+        old_capacity: usize,
+    ) -> Self {
+        match table.regrow(capacity) {
+            Some(table) => Self::of(table, old_capacity),
+            None => Self::new(capacity, huge, old_capacity),
+        }
+    }
+
     /// The empty `table` with an old-to-new map for a table of `old_capacity` slots.
     fn of(table: Table<V>, old_capacity: usize) -> Self {
         Self {
@@ -364,19 +408,25 @@ impl<V> Table<V> {
     /// A table of at least `capacity` slots (rounded up to whole groups), on huge pages if
     /// `huge` (see `Builder::huge_pages`).
     pub(crate) fn new(capacity: usize, huge: bool) -> Self {
-        let groups = capacity.max(MIN_CAPACITY).div_ceil(GROUP);
-        let cap = groups * GROUP;
+        let cap = capacity.max(MIN_CAPACITY).div_ceil(GROUP) * GROUP;
+        Self::with_memory(Memory::new(cap, huge), huge)
+    }
+
+    /// An empty table over `mem` (all tags `EMPTY`), whose capacity is a whole number of groups.
+    fn with_memory(mem: Memory, huge: bool) -> Self {
+        let cap = mem.tags().len();
+        debug_assert!(cap % GROUP == 0 && mem.tags().iter().all(|&t| t == EMPTY));
         let values = if stores_values::<V>() {
             (0..cap).map(|_| ValueCell(UnsafeCell::new(None))).collect()
         } else {
             Box::default()
         };
         Self {
-            mem: Memory::new(cap, huge),
+            mem,
             huge,
             values,
             fingerprints: None,
-            groups,
+            groups: cap / GROUP,
             occupied: 0,
             deleted: 0,
             rebuild_at: rebuild_at(cap),
@@ -704,6 +754,26 @@ impl<V> Table<V> {
         self.check_at = check_at(cap);
     }
 
+    /// This table, emptied, as a table of at least `capacity` slots that keeps its memory
+    /// and adds what it lacks (`ZeroedArray::grow`). `None`, and the table freed, if its memory
+    /// cannot grow that way (it is not a mapping of its own, or not smaller, or the kernel
+    /// refuses).
+    pub(crate) fn regrow(self, capacity: usize) -> Option<Self> {
+        let cap = capacity.max(MIN_CAPACITY).div_ceil(GROUP) * GROUP;
+        if cap <= self.capacity() {
+            return None;
+        }
+        // The old values (user code may run in their `Drop`) and fingerprints go here.
+        let Self { mem, huge, .. } = self;
+        let mem = mem.regrow(cap).ok()?;
+        Some(Self::with_memory(mem, huge))
+    }
+
+    /// Whether [`Table::regrow`] can keep this table's memory.
+    pub(crate) fn can_grow(&self) -> bool {
+        self.mem.can_grow()
+    }
+
     /// Bytes this table holds on the heap (tags, slots, values, fingerprints).
     pub(crate) fn heap_bytes(&self) -> usize {
         self.mem.bytes()
@@ -915,6 +985,64 @@ mod tests {
             assert_eq!(found.is_some(), i >= 10);
             if let Some(at) = found {
                 assert_eq!((t.word(at), t.fingerprint(at)), (w(2), 0), "written whole");
+            }
+        }
+    }
+
+    #[test]
+    fn a_regrown_table_is_larger_empty_and_takes_new_keys() {
+        // 100 000 slots: 2.5 MB, a mapping of its own, which is what can grow.
+        let mut t: Table<u32> = Table::new(100_000, true);
+        let keys: Vec<_> = (0..90_000u32)
+            .map(|i| hash_key(5, b"", &i.to_le_bytes()))
+            .collect();
+        let value = Arc::new(7u32);
+        for h in &keys[..80_000] {
+            let Probe::Absent(pos) = t.probe(h) else {
+                panic!()
+            };
+            t.insert_at(pos, h, w(1), 9);
+            *t.values[pos].0.get_mut() = Some(Arc::clone(&value));
+        }
+        let old_cap = t.capacity();
+        if !t.can_grow() {
+            // Huge pages need Linux: elsewhere the table is freed and the caller makes one.
+            assert!(t.regrow(old_cap * 2).is_none());
+            return;
+        }
+        assert!(t.regrow(old_cap).is_none(), "not larger: freed");
+        let mut t: Table<u32> = Table::new(100_000, true);
+        for h in &keys[..80_000] {
+            let Probe::Absent(pos) = t.probe(h) else {
+                panic!()
+            };
+            t.insert_at(pos, h, w(1), 9);
+            *t.values[pos].0.get_mut() = Some(Arc::clone(&value));
+        }
+        let mut g = t.regrow(150_000).expect("a mapped table grows");
+        assert_eq!(Arc::strong_count(&value), 1, "stored values dropped");
+        assert_eq!(g.capacity(), 150_000usize.div_ceil(GROUP) * GROUP);
+        assert_eq!(g.values.len(), g.capacity());
+        assert!(g.can_grow() && g.huge());
+        assert_eq!((g.occupied(), g.tombstones()), (0, 0));
+        assert!(g.mem.tags().iter().all(|&tag| tag == EMPTY));
+        assert!(!g.needs_rebuild() && !g.near_rebuild());
+        for h in &keys {
+            assert!(g.find(h).is_none());
+        }
+        // Fill it past the old size: the slots' old bytes never show through.
+        for h in &keys[40_000..] {
+            let Probe::Absent(pos) = g.probe(h) else {
+                panic!()
+            };
+            g.insert_at(pos, h, w(2), 0);
+        }
+        for (i, h) in keys.iter().enumerate() {
+            let found = g.find(h);
+            assert_eq!(found.is_some(), i >= 40_000, "key {i}");
+            if let Some(at) = found {
+                assert_eq!((g.word(at), g.fingerprint(at)), (w(2), 0), "written whole");
+                assert!(g.value(at).is_none());
             }
         }
     }
