@@ -415,7 +415,7 @@ impl<V> Table<V> {
     /// An empty table over `mem` (all tags `EMPTY`), whose capacity is a whole number of groups.
     fn with_memory(mem: Memory, huge: bool) -> Self {
         let cap = mem.tags().len();
-        debug_assert!(cap % GROUP == 0 && mem.tags().iter().all(|&t| t == EMPTY));
+        debug_assert!(cap.is_multiple_of(GROUP));
         let values = if stores_values::<V>() {
             (0..cap).map(|_| ValueCell(UnsafeCell::new(None))).collect()
         } else {
