@@ -14,12 +14,11 @@ const EXPIRY_PREFETCH: usize = 8;
 /// Expiry records a claim may process before its own work: bounds the latency expiry adds.
 pub(crate) const CLAIM_EXPIRY_BUDGET: usize = 8;
 
-/// A shard as it sits in the store: the locked part and the counters guards bump under the
-/// read lock.
+/// A shard as it sits in the store: the locked part, and the counters guards bump under the
+/// read lock (releases).
 #[derive(Debug)]
 pub(crate) struct ShardCell<V> {
     pub(crate) lock: RwLock<Shard<V>>,
-    pub(crate) completions: AtomicU64,
     pub(crate) releases: AtomicU64,
     /// Entries in the Vacant phase (released, not yet reclaimed).
     pub(crate) vacant: AtomicUsize,
@@ -39,6 +38,7 @@ pub(crate) struct ShardCell<V> {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Counts {
     pub(crate) acquired: u64,
+    pub(crate) completions: u64,
     pub(crate) takeovers: u64,
     pub(crate) in_progress: u64,
     pub(crate) replayed: u64,
@@ -271,7 +271,6 @@ impl<V> ShardCell<V> {
                 order: None,
                 retired: None,
             }),
-            completions: AtomicU64::new(0),
             releases: AtomicU64::new(0),
             vacant: AtomicUsize::new(0),
             shortened: AtomicBool::new(false),
@@ -660,6 +659,32 @@ impl<V> Shard<V> {
             reclaimed += 1;
         }
         reclaimed
+    }
+
+    /// The owner's completion of `h`: its word goes from `expected` to `next` (Completed) and
+    /// `value` is stored, if the word is still `expected` (no takeover, no expiry since the
+    /// owner installed it). Write lock held, so nothing else can change the word meanwhile: a
+    /// plain store does, no compare-and-swap. Returns whether it completed.
+    #[inline]
+    pub(crate) fn complete(
+        &mut self,
+        h: &KeyHash,
+        expected: Word,
+        next: Word,
+        value: Option<Arc<V>>,
+    ) -> bool {
+        let Some(i) = self.table.find(h) else {
+            return false;
+        };
+        if self.table.word(i) != expected {
+            return false;
+        }
+        self.table.slot(i).word.store_exclusive(next);
+        if let Some(v) = value {
+            self.table.set_value(i, v);
+        }
+        self.counts.completions += 1;
+        true
     }
 
     /// The owner's fenced transition of `h` from `expected` to `next`, under the read lock.

@@ -791,10 +791,10 @@ impl<V> Inner<V> {
     ///
     /// Waiters announce themselves in the shard's `waiting` count before they listen and look
     /// at their key, and the look is a claim under the shard's write lock; the owner made its
-    /// transition under the read lock, and loads the count after it. The lock orders the two
-    /// sections: if the waiter's look came first, its increment happens before the owner's
-    /// read lock, so this load sees it and the owner notifies; if the owner's transition came
-    /// first, the look sees it. So the count needs no ordering of its own, and with nobody
+    /// transition under the shard lock (write for a completion, read for a release), and loads
+    /// the count after it. The lock orders the two sections: if the waiter's look came first,
+    /// its increment happens before the owner's lock, so this load sees it and the owner
+    /// notifies; if the owner's transition came first, the look sees it. So the count needs no ordering of its own, and with nobody
     /// waiting a completion costs one plain load, not the event's lock.
     #[inline]
     fn wake(&self, h: &KeyHash) {
@@ -830,6 +830,7 @@ impl<V> Inner<V> {
             let shard = cell.lock.read();
             let c = shard.counts;
             s.acquired += c.acquired;
+            s.completions += c.completions;
             s.takeovers += c.takeovers;
             s.in_progress += c.in_progress;
             s.replayed += c.replayed;
@@ -846,7 +847,6 @@ impl<V> Inner<V> {
                 s.memory_bytes += shard.table.occupied() * (16 + std::mem::size_of::<V>());
             }
             drop(shard);
-            s.completions += cell.completions.load(Ordering::Relaxed);
             s.releases += cell.releases.load(Ordering::Relaxed);
         }
         s
@@ -924,33 +924,31 @@ impl<'a, V> Guard<'a, V> {
         } else {
             Err(value)
         };
-        let shard = cell.lock.read();
-        let now_nanos = shard.time(inner.clock.now_nanos());
+        let mut shard = cell.lock.write();
+        let now_nanos = shard.advance_time(inner.clock.now_nanos());
         if floor_ms(now_nanos) >= self.word.deadline() {
             return Err(Error::LeaseLost);
         }
         let next = self
             .word
             .with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
-        let Some(i) = shard.transition(&self.hash, self.word, next) else {
+        let shared = match value {
+            Ok(shared) => Some(shared),
+            Err(unit) => {
+                let _ = inner.unit.get_or_init(|| unit);
+                None
+            }
+        };
+        if !shard.complete(&self.hash, self.word, next, shared) {
             event!(
                 token = self.token,
                 "complete refused: the lease was lost to a newer owner"
             );
             return Err(Error::LeaseLost);
-        };
-        match value {
-            // SAFETY: we won this slot's InFlight → Completed transition just now, under the
-            // read lock we still hold.
-            Ok(shared) => unsafe { shard.table.publish_value(i, shared) },
-            Err(unit) => {
-                let _ = inner.unit.get_or_init(|| unit);
-            }
         }
         // No need to flag a shortened deadline here: the entry's wheel record was filed at the
         // earlier of its lease deadline and (claim time + ttl), never after this deadline.
         drop(shard);
-        cell.completions.fetch_add(1, Ordering::Relaxed);
         inner.wake(&self.hash);
         Ok(())
     }

@@ -1,6 +1,6 @@
-//! The loom shim: every atomic, lock and cell the engine shares between threads comes from here.
+//! The loom shim: every atomic and lock the engine shares between threads comes from here.
 //!
-//! Built normally, these are `std` atomics, `parking_lot` locks and a thin `UnsafeCell` wrapper.
+//! Built normally, these are `std` atomics and `parking_lot` locks.
 //! Built with `RUSTFLAGS="--cfg idemstore_loom"`, they are loom's, so the loom models in
 //! `tests/loom.rs` explore every interleaving of the real engine code, not a copy of it. The cfg
 //! is crate-prefixed because some dependencies (tokio, among the dev-dependencies) react to a
@@ -63,50 +63,6 @@ impl<T> RwLock<T> {
         return self.0.write();
         #[cfg(idemstore_loom)]
         return self.0.write().unwrap_or_else(|e| e.into_inner());
-    }
-}
-
-/// `UnsafeCell` with loom's closure API, so loom can check every access for races.
-#[cfg(not(idemstore_loom))]
-#[derive(Debug)]
-pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
-
-#[cfg(not(idemstore_loom))]
-impl<T> UnsafeCell<T> {
-    pub(crate) const fn new(value: T) -> Self {
-        Self(std::cell::UnsafeCell::new(value))
-    }
-
-    #[inline]
-    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
-        f(self.0.get())
-    }
-
-    #[inline]
-    pub(crate) fn get_mut(&mut self) -> &mut T {
-        self.0.get_mut()
-    }
-}
-
-#[cfg(idemstore_loom)]
-#[derive(Debug)]
-pub(crate) struct UnsafeCell<T>(loom::cell::UnsafeCell<T>);
-
-#[cfg(idemstore_loom)]
-impl<T> UnsafeCell<T> {
-    pub(crate) fn new(value: T) -> Self {
-        Self(loom::cell::UnsafeCell::new(value))
-    }
-
-    #[inline]
-    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
-        self.0.with_mut(f)
-    }
-
-    #[inline]
-    pub(crate) fn get_mut(&mut self) -> &mut T {
-        // SAFETY: `&mut self` proves no other reference to the cell exists.
-        self.0.with_mut(|p| unsafe { &mut *p })
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::key::KeyHash;
 use crate::pages::ZeroedArray;
 use crate::state::{StateWord, Word};
-use crate::sync::{Ordering, UnsafeCell};
+use crate::sync::Ordering;
 
 pub(crate) const EMPTY: u8 = 0;
 pub(crate) const DELETED: u8 = 1;
@@ -262,20 +262,6 @@ impl Slot {
     }
 }
 
-/// The stored result of a completed entry.
-///
-/// Written by the one guard whose transition to Completed succeeded, while it holds the shard's
-/// read lock; read and cleared only under the shard's write lock.
-#[derive(Debug)]
-pub(crate) struct ValueCell<V>(UnsafeCell<Option<Arc<V>>>);
-
-// SAFETY: the cell is shared between threads only inside a shard's `RwLock`. Writers under the
-// read lock are exclusive per cell: only the guard that won the InFlight → Completed CAS on that
-// slot's word writes it, and each CAS succeeds at most once per installed word. Every other
-// access holds the write lock, which excludes all read-lock holders. `Arc<V>` moves between
-// threads, hence `V: Send + Sync`.
-unsafe impl<V: Send + Sync> Sync for ValueCell<V> {}
-
 /// Where a probe ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Probe {
@@ -292,7 +278,7 @@ pub(crate) struct Table<V> {
     /// Whether this table's memory (and its successors') asks for huge pages.
     huge: bool,
     /// Empty for zero-sized `V`: dedup-only stores pay nothing for values.
-    values: Box<[ValueCell<V>]>,
+    values: Box<[Option<Arc<V>>]>,
     /// Payload fingerprints (0 = none); allocated on the shard's first fingerprinted claim.
     fingerprints: Option<Box<[u64]>>,
     groups: usize,
@@ -417,7 +403,7 @@ impl<V> Table<V> {
         let cap = mem.tags().len();
         debug_assert!(cap.is_multiple_of(GROUP));
         let values = if stores_values::<V>() {
-            (0..cap).map(|_| ValueCell(UnsafeCell::new(None))).collect()
+            (0..cap).map(|_| None).collect()
         } else {
             Box::default()
         };
@@ -652,35 +638,24 @@ impl<V> Table<V> {
         fps[i] = fp;
     }
 
-    /// A shared handle to slot `i`'s value. `&mut self`: the write lock is held, so no guard
-    /// can be publishing a value.
+    /// A shared handle to slot `i`'s value.
     #[inline]
-    pub(crate) fn value(&mut self, i: usize) -> Option<Arc<V>> {
-        self.values.get_mut(i)?.0.get_mut().clone()
+    pub(crate) fn value(&self, i: usize) -> Option<Arc<V>> {
+        self.values.get(i)?.clone()
+    }
+
+    /// Stores `value` in slot `i`, dropping any old one. `&mut self`: the write lock is held.
+    #[inline]
+    pub(crate) fn set_value(&mut self, i: usize, value: Arc<V>) {
+        if let Some(cell) = self.values.get_mut(i) {
+            drop(cell.replace(value));
+        }
     }
 
     /// Takes slot `i`'s value out. Needs `&mut self`, so no other access can race.
     #[inline]
     pub(crate) fn take_value(&mut self, i: usize) -> Option<Arc<V>> {
-        self.values.get_mut(i)?.0.get_mut().take()
-    }
-
-    /// Stores slot `i`'s value under a *read* lock.
-    ///
-    /// # Safety
-    /// The caller must have just won the InFlight → Completed transition of slot `i`'s word
-    /// while holding the shard's read lock, and still hold that lock.
-    #[inline]
-    pub(crate) unsafe fn publish_value(&self, i: usize, value: Arc<V>) {
-        if let Some(cell) = self.values.get(i) {
-            // SAFETY: by this function's contract we are the only writer of this cell (one CAS
-            // winner per installed word), and readers need the write lock, which our read lock
-            // excludes. The old value was cleared when the slot was (re)acquired.
-            let old = cell
-                .0
-                .with_mut(|p| unsafe { std::ptr::replace(p, Some(value)) });
-            drop(old);
-        }
+        self.values.get_mut(i)?.take()
     }
 
     /// Moves every entry for which `keep` says yes into `into`'s empty table. Returns the new
@@ -712,7 +687,7 @@ impl<V> Table<V> {
             next.insert_at(pos, &h, w, self.fingerprint(i));
             if let Some(v) = self.take_value(i) {
                 if let Some(cell) = next.values.get_mut(pos) {
-                    *cell.0.get_mut() = Some(v);
+                    *cell = Some(v);
                 }
             }
             *to = pos as u32;
@@ -745,7 +720,7 @@ impl<V> Table<V> {
     pub(crate) fn recycle(&mut self) {
         self.mem.tags_mut().fill(EMPTY);
         for cell in self.values.iter_mut() {
-            drop(cell.0.get_mut().take());
+            drop(cell.take());
         }
         self.occupied = 0;
         self.deleted = 0;
@@ -777,7 +752,7 @@ impl<V> Table<V> {
     /// Bytes this table holds on the heap (tags, slots, values, fingerprints).
     pub(crate) fn heap_bytes(&self) -> usize {
         self.mem.bytes()
-            + self.values.len() * std::mem::size_of::<ValueCell<V>>()
+            + self.values.len() * std::mem::size_of::<Option<Arc<V>>>()
             + self.fingerprints.as_ref().map_or(0, |f| f.len() * 8)
     }
 }
@@ -961,7 +936,7 @@ mod tests {
                 panic!()
             };
             t.insert_at(pos, h, w(1), 9);
-            *t.values[pos].0.get_mut() = Some(Arc::clone(&value));
+            t.values[pos] = Some(Arc::clone(&value));
         }
         let at = t.find(&keys[0]).unwrap();
         t.remove(at);
@@ -1002,7 +977,7 @@ mod tests {
                 panic!()
             };
             t.insert_at(pos, h, w(1), 9);
-            *t.values[pos].0.get_mut() = Some(Arc::clone(&value));
+            t.values[pos] = Some(Arc::clone(&value));
         }
         let old_cap = t.capacity();
         if !t.can_grow() {
@@ -1017,7 +992,7 @@ mod tests {
                 panic!()
             };
             t.insert_at(pos, h, w(1), 9);
-            *t.values[pos].0.get_mut() = Some(Arc::clone(&value));
+            t.values[pos] = Some(Arc::clone(&value));
         }
         let mut g = t.regrow(150_000).expect("a mapped table grows");
         assert_eq!(Arc::strong_count(&value), 1, "stored values dropped");

@@ -5,7 +5,7 @@
 //! the `u32` slot index of a table entry, 4 bytes, because the entry itself holds the true
 //! deadline in its state word. That makes the wheel lazy:
 //! - a record is filed at the entry's deadline when the entry is inserted;
-//! - completing or extending an entry changes only its word (under a read lock), not the wheel;
+//! - completing or extending an entry changes only its word (under the shard lock), not the wheel;
 //! - when a record comes due, the shard re-reads the entry's deadline: if it has passed, the entry
 //!   is reclaimed; if not, the record is filed again at the true deadline. Filing again from a
 //!   higher level into a lower one is the cascade, so each record costs O(levels) in all.
