@@ -309,6 +309,7 @@ impl<V> Builder<V> {
             shard_bits: shards.trailing_zeros(),
             seed: self.seed.unwrap_or_else(random_seed),
             ttl_nanos,
+            ttl_ms: ttl_nanos.div_ceil(1_000_000),
             lease_nanos,
             max_key_len: self.max_key_len,
             max_entries: self.max_entries,

@@ -41,11 +41,10 @@ impl KeyHash {
     /// The shard for a store of `1 << shard_bits` shards: the top bits of `hi`.
     #[inline]
     pub(crate) fn shard(&self, shard_bits: u32) -> usize {
-        if shard_bits == 0 {
-            0
-        } else {
-            (self.hi >> (64 - shard_bits)) as usize
-        }
+        debug_assert!(shard_bits < 64);
+        // `hi >> (64 - shard_bits)` without a branch for `shard_bits == 0`, whose shift by 64
+        // would overflow: the first shift clears the top bit, the second takes `shard_bits`.
+        (self.hi >> 1 >> (63 - shard_bits)) as usize
     }
 
     /// The tag byte stored beside the slot: the low byte of `hi`, never EMPTY or DELETED.

@@ -220,6 +220,24 @@ impl<V> Chores<V> {
 /// it would make: well under the 0.9 rebuild point.
 const MAX_START_LOAD: usize = 78;
 
+/// The lease a claim asks for: made into a deadline only by a claim that acquires its key
+/// (a replay never needs one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    /// The claim's time (ns).
+    pub(crate) from_nanos: u64,
+    /// The lease's length (ns).
+    pub(crate) nanos: u64,
+}
+
+impl Lease {
+    /// When the lease ends, in ms rounded up.
+    #[inline]
+    fn deadline(self) -> u64 {
+        crate::clock::deadline_ms(self.from_nanos, self.nanos)
+    }
+}
+
 /// What a claim found, before the store turns it into a public [`crate::Claim`].
 #[derive(Debug)]
 pub(crate) enum Outcome<V> {
@@ -304,7 +322,7 @@ impl<V> Shard<V> {
         self.last_nanos.max(clock_nanos)
     }
 
-    /// Claims `h` at `now` (ms) for a lease ending at `lease_deadline` (ms). Write lock held.
+    /// Claims `h` at `now` (ms) for `lease`. Write lock held.
     #[inline(always)]
     pub(crate) fn claim(
         &mut self,
@@ -312,15 +330,15 @@ impl<V> Shard<V> {
         h: &KeyHash,
         fingerprint: u64,
         now: u64,
-        lease_deadline: u64,
+        lease: Lease,
     ) -> Outcome<V> {
         // The claim never makes the wheel due at `now` (its record is later), so testing
         // first is the same as testing after; the common case, nothing due, then hands the
         // outcome straight back instead of keeping it across the expiry call.
         if !self.wheel.is_due(now) {
-            return self.claim_key(cell, h, fingerprint, now, lease_deadline);
+            return self.claim_key(cell, h, fingerprint, now, lease);
         }
-        self.claim_then_expire(cell, h, fingerprint, now, lease_deadline)
+        self.claim_then_expire(cell, h, fingerprint, now, lease)
     }
 
     /// A claim, then bounded expiry work: after the claim's own, so the claim sees its key's
@@ -332,9 +350,9 @@ impl<V> Shard<V> {
         h: &KeyHash,
         fingerprint: u64,
         now: u64,
-        lease_deadline: u64,
+        lease: Lease,
     ) -> Outcome<V> {
-        let outcome = self.claim_key(cell, h, fingerprint, now, lease_deadline);
+        let outcome = self.claim_key(cell, h, fingerprint, now, lease);
         self.expire(cell, now, CLAIM_EXPIRY_BUDGET);
         outcome
     }
@@ -346,12 +364,10 @@ impl<V> Shard<V> {
         h: &KeyHash,
         fingerprint: u64,
         now: u64,
-        lease_deadline: u64,
+        lease: Lease,
     ) -> Outcome<V> {
         let pos = match self.table.probe(h) {
-            Probe::Found(i) => {
-                return self.claim_existing(cell, i, fingerprint, now, lease_deadline)
-            }
+            Probe::Found(i) => return self.claim_existing(cell, i, fingerprint, now, lease),
             Probe::Absent(pos) => pos,
         };
         let pos = if self.table.occupied() >= self.bound || self.table.near_rebuild() {
@@ -366,7 +382,7 @@ impl<V> Shard<V> {
             pos
         };
         let token = self.take_token();
-        let word = Word::new(Phase::InFlight, token, lease_deadline);
+        let word = Word::new(Phase::InFlight, token, lease.deadline());
         self.table.insert_at(pos, h, word, fingerprint);
         self.wheel.insert(self.record_time(word, now), pos as u32);
         self.counts.acquired += 1;
@@ -403,7 +419,7 @@ impl<V> Shard<V> {
         i: usize,
         fingerprint: u64,
         now: u64,
-        lease_deadline: u64,
+        lease: Lease,
     ) -> Outcome<V> {
         let w = self.table.word(i);
         if w.is_live(now) {
@@ -433,7 +449,7 @@ impl<V> Shard<V> {
             Phase::Vacant => {
                 cell.vacant.fetch_sub(1, Ordering::Relaxed);
                 self.counts.acquired += 1;
-                if w.deadline() > lease_deadline.min(now + self.ttl) {
+                if w.deadline() > lease.deadline().min(now + self.ttl) {
                     // The record is filed at the released lease's deadline, later than this
                     // life may end: let a capacity check sweep if it comes to that.
                     cell.shortened.store(true, Ordering::Relaxed);
@@ -455,7 +471,7 @@ impl<V> Shard<V> {
         drop(self.table.take_value(i));
         self.table.set_fingerprint(i, fingerprint);
         let token = self.take_token();
-        let word = Word::new(Phase::InFlight, token, lease_deadline);
+        let word = Word::new(Phase::InFlight, token, lease.deadline());
         self.table.slot(i).word.store_exclusive(word);
         Outcome::Acquired {
             token,
@@ -702,7 +718,11 @@ mod tests {
     use super::*;
     use crate::key::hash_id;
 
-    const LEASE: u64 = 30_000;
+    /// A lease ending at 30 000 ms.
+    const LEASE_FROM_0: Lease = Lease {
+        from_nanos: 0,
+        nanos: 30_000_000_000,
+    };
 
     fn cell(capacity: usize) -> ShardCell<()> {
         ShardCell::new(0, 10_000_000, 86_400_000, capacity, 0, false)
@@ -716,7 +736,7 @@ mod tests {
     /// [`claim`] in a store whose pool is `pool`.
     fn claim_in(cell: &ShardCell<()>, id: u128, pool: &Pool<()>) -> Outcome<()> {
         let mut shard = cell.lock.write();
-        let outcome = shard.claim(cell, &hash_id(1, id), 0, 1, LEASE);
+        let outcome = shard.claim(cell, &hash_id(1, id), 0, 1, LEASE_FROM_0);
         let chores = shard.take_chores();
         drop(shard);
         chores.run(cell, pool);
@@ -843,7 +863,7 @@ mod tests {
         let mut id = 1 << 40;
         while b.lock.read().spare.is_none() {
             let mut s = b.lock.write();
-            s.claim(&b, &hash_id(1, id), 0, 1, LEASE);
+            s.claim(&b, &hash_id(1, id), 0, 1, LEASE_FROM_0);
             let chores = s.take_chores();
             drop(s);
             chores.run(&b, &pool);

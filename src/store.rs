@@ -13,7 +13,7 @@ use crate::builder::{Builder, Weigher};
 use crate::clock::{deadline_ms, floor_ms, nanos_of, Clock};
 use crate::error::Error;
 use crate::key::{hash_fingerprint, hash_id, hash_key, KeyHash};
-use crate::shard::{Outcome, Pool, ShardCell};
+use crate::shard::{Lease, Outcome, Pool, ShardCell};
 use crate::state::{Phase, Word};
 use crate::stats::Stats;
 #[cfg(not(idemstore_loom))]
@@ -59,6 +59,8 @@ pub(crate) struct Inner<V> {
     pub(crate) shard_bits: u32,
     pub(crate) seed: u64,
     pub(crate) ttl_nanos: u64,
+    /// `ttl_nanos` in ms, rounded up.
+    pub(crate) ttl_ms: u64,
     pub(crate) lease_nanos: u64,
     pub(crate) max_key_len: usize,
     pub(crate) max_entries: usize,
@@ -227,8 +229,9 @@ impl Mismatch {
 /// The stored result of a completed key, handed to a duplicate.
 pub struct Replay<'a, V = ()> {
     value: Held<'a, V>,
-    completed_at_ms: u64,
     expires_at_ms: u64,
+    /// The store's ttl in ms, rounded up as deadlines are.
+    ttl_ms: u64,
     now_nanos: u64,
 }
 
@@ -250,7 +253,13 @@ impl<V> Replay<'_, V> {
 
     /// When the key completed, on the store's clock (to the millisecond).
     pub fn completed_at(&self) -> Duration {
-        Duration::from_millis(self.completed_at_ms)
+        // The deadline was rounded up from the completion time; never report a completion
+        // later than this claim.
+        Duration::from_millis(
+            self.expires_at_ms
+                .saturating_sub(self.ttl_ms)
+                .min(floor_ms(self.now_nanos)),
+        )
     }
 
     /// When the key's dedup window ends, on the store's clock.
@@ -653,7 +662,11 @@ impl<V> Store<V> {
         // even if the TSCs of two cores disagree by a little.
         let now_nanos = locked.advance_time(inner.clock.now_nanos());
         let now = floor_ms(now_nanos);
-        let outcome = locked.claim(cell, &h, fp, now, deadline_ms(now_nanos, lease_nanos));
+        let lease = Lease {
+            from_nanos: now_nanos,
+            nanos: lease_nanos,
+        };
+        let outcome = locked.claim(cell, &h, fp, now, lease);
         if locked.has_chores() {
             // Rare (twice per rebuild): memory to make or free, never under the lock.
             let chores = locked.take_chores();
@@ -687,12 +700,8 @@ impl<V> Store<V> {
                          whose one instance was kept when it completed",
                     )),
                 },
-                // The deadline was rounded up from the completion time; never report a
-                // completion later than this claim.
-                completed_at_ms: deadline
-                    .saturating_sub(inner.ttl_nanos.div_ceil(1_000_000))
-                    .min(floor_ms(now_nanos)),
                 expires_at_ms: deadline,
+                ttl_ms: inner.ttl_ms,
                 now_nanos,
             }),
             Outcome::Mismatch { completed } => Claim::Mismatch(Mismatch { completed }),

@@ -494,11 +494,10 @@ impl<V> Table<V> {
     #[inline(always)]
     pub(crate) fn probe(&self, h: &KeyHash) -> Probe {
         let tag = h.tag();
+        // No prefetch here: a claim started loading the home group's tags and slots before it
+        // took the lock (`Whereabouts::prefetch`), a batch a few claims earlier, and the
+        // owner's operations find their slot in cache.
         let mut g = h.home(self.groups);
-        // The tags say which slot to read, but waiting for them before touching the slots makes
-        // two cache misses in a row. Most keys sit in their home group, so fetch its slots now,
-        // in parallel with the tag load.
-        prefetch_group(self.mem.slots()[g * GROUP..].as_ptr());
         let mut free = usize::MAX;
         let mut left = self.groups;
         loop {
