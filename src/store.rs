@@ -920,13 +920,15 @@ impl<'a, V> Guard<'a, V> {
     /// [`Error::ValueTooLarge`]: nothing is stored, and the guard, consumed by the call, releases
     /// the key as any dropped guard does. Use [`Store::check_value`] first where the work must
     /// not run again.
-    pub fn complete(mut self, value: V) -> Result<(), Error> {
+    pub fn complete(self, value: V) -> Result<(), Error> {
         if self.store.inner.max_value_size != usize::MAX {
             self.store.check_value(&value)?;
         }
-        self.active = false;
-        let inner = &*self.store.inner;
-        let cell = inner.cell(&self.hash);
+        // From here the guard never releases the key, whatever happens: nothing to drop (it
+        // owns only a borrow of the store and plain values).
+        let this = std::mem::ManuallyDrop::new(self);
+        let inner = &*this.store.inner;
+        let cell = inner.cell(&this.hash);
         // Allocate before taking the lock; a lost lease drops it unused.
         let value = if stores_values::<V>() {
             Ok(StdArc::new(value))
@@ -935,10 +937,10 @@ impl<'a, V> Guard<'a, V> {
         };
         let mut shard = cell.lock.write();
         let now_nanos = shard.advance_time(inner.clock.now_nanos());
-        if floor_ms(now_nanos) >= self.word.deadline() {
+        if floor_ms(now_nanos) >= this.word.deadline() {
             return Err(Error::LeaseLost);
         }
-        let next = self
+        let next = this
             .word
             .with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
         let shared = match value {
@@ -948,9 +950,9 @@ impl<'a, V> Guard<'a, V> {
                 None
             }
         };
-        if !shard.complete(&self.hash, self.word, next, shared) {
+        if !shard.complete(&this.hash, this.word, next, shared) {
             event!(
-                token = self.token,
+                token = this.token,
                 "complete refused: the lease was lost to a newer owner"
             );
             return Err(Error::LeaseLost);
@@ -958,7 +960,7 @@ impl<'a, V> Guard<'a, V> {
         // No need to flag a shortened deadline here: the entry's wheel record was filed at the
         // earlier of its lease deadline and (claim time + ttl), never after this deadline.
         drop(shard);
-        inner.wake(&self.hash);
+        inner.wake(&this.hash);
         Ok(())
     }
 
