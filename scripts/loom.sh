@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the loom models of tests/loom.rs against the real engine (src/sync.rs swaps every
-# atomic, lock, Arc and UnsafeCell for loom's under --cfg idemstore_loom).
+# Runs the loom models of tests/loom.rs, and the library's own (the rebuild hand-off in
+# src/table.rs), against the real engine (src/sync.rs swaps every atomic, lock and Arc for
+# loom's under --cfg idemstore_loom).
 #
 #   scripts/loom.sh                         # preemption bound 2 (well under a second)
 #   LOOM_MAX_PREEMPTIONS=100 scripts/loom.sh  # effectively unbounded (a few seconds)
@@ -11,4 +12,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTFLAGS="${RUSTFLAGS:-} --cfg idemstore_loom"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
-exec cargo test --release --test loom --target-dir target/loom "$@"
+exec cargo test --release --lib --test loom --target-dir target/loom "$@"

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use crate::key::KeyHash;
 use crate::state::{Phase, Word};
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Event, Ordering, RwLock};
-use crate::table::{Probe, Spare, Table, Whereabouts, MIN_CAPACITY};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Event, Ordering, RwLock, WriteGuard};
+use crate::table::{Help, Probe, Rebuilt, Spare, Table, Whereabouts, MIN_CAPACITY};
 use crate::wheel::Wheel;
 
 /// How many due records ahead expiry prefetches the entry of.
@@ -32,6 +32,24 @@ pub(crate) struct ShardCell<V> {
     pub(crate) wake: Event,
     /// Waiters for keys of this shard: owners notify `wake` only when there are some.
     pub(crate) waiting: AtomicUsize,
+    /// Where a rebuild offers half its moves to a claim waiting for the lock.
+    pub(crate) help: Help,
+}
+
+impl<V> ShardCell<V> {
+    /// The shard's write lock, for a claim or a completion. If it is taken, the claim first
+    /// moves half the entries of a rebuild in progress, if one is on offer ([`Help`]), instead
+    /// of waiting for the whole move.
+    #[inline]
+    pub(crate) fn write(&self) -> WriteGuard<'_, Shard<V>> {
+        match self.lock.try_write() {
+            Some(locked) => locked,
+            None => {
+                let _ = self.help.lend_a_hand();
+                self.lock.write()
+            }
+        }
+    }
 }
 
 /// Counters changed only under the write lock.
@@ -295,6 +313,7 @@ impl<V> ShardCell<V> {
             whereabouts,
             wake: Event::new(),
             waiting: AtomicUsize::new(0),
+            help: Help::default(),
         }
     }
 }
@@ -596,18 +615,14 @@ impl<V> Shard<V> {
             to = spare.capacity(),
             "shard table rebuilt"
         );
-        let counts = &mut self.counts;
-        let (next, moved) = self.table.rebuild(spare, |w| {
-            if w.is_live(now) {
-                return true;
-            }
-            match w.phase() {
-                Phase::Vacant => {}
-                Phase::InFlight => counts.lease_expiries += 1,
-                Phase::Completed => counts.ttl_expiries += 1,
-            }
-            false
-        });
+        let Rebuilt {
+            table: next,
+            moved,
+            lease_expiries,
+            ttl_expiries,
+        } = self.table.rebuild(spare, now, Some(&cell.help));
+        self.counts.lease_expiries += lease_expiries;
+        self.counts.ttl_expiries += ttl_expiries;
         let old = std::mem::replace(&mut self.table, next);
         self.rebuilds += 1;
         cell.whereabouts.update(&self.table);

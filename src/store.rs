@@ -656,7 +656,7 @@ impl<V> Store<V> {
         let inner = &*self.inner;
         let shard = h.shard(inner.shard_bits);
         let cell = &inner.shards[shard];
-        let mut locked = cell.lock.write();
+        let mut locked = cell.write();
         // Read the clock under the lock, and never behind the shard's last reading: time seen
         // by the operations on one shard never goes backwards in the order they take effect,
         // even if the TSCs of two cores disagree by a little.
@@ -935,7 +935,7 @@ impl<'a, V> Guard<'a, V> {
         } else {
             Err(value)
         };
-        let mut shard = cell.lock.write();
+        let mut shard = cell.write();
         let now_nanos = shard.advance_time(inner.clock.now_nanos());
         if floor_ms(now_nanos) >= this.word.deadline() {
             return Err(Error::LeaseLost);

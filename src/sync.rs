@@ -13,16 +13,33 @@
 //! (`event-listener` checks its own side with loom models of its own.)
 
 #[cfg(not(idemstore_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(idemstore_loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 #[cfg(not(idemstore_loom))]
 pub(crate) use std::sync::Arc;
 
 #[cfg(idemstore_loom)]
 pub(crate) use loom::sync::Arc;
+
+/// One step of a wait for another thread: spins a little, then yields the core; under loom,
+/// lets the model run the other threads.
+#[inline]
+pub(crate) fn spin_wait(spins: u32) {
+    #[cfg(idemstore_loom)]
+    {
+        let _ = spins;
+        loom::thread::yield_now();
+    }
+    #[cfg(not(idemstore_loom))]
+    if spins < 1 << 10 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
 
 /// A reader-writer lock without poisoning: `parking_lot`'s, or loom's under the model checker.
 #[derive(Debug)]
@@ -55,6 +72,16 @@ impl<T> RwLock<T> {
         // loom's lock cannot be poisoned inside a model that does not panic.
         #[cfg(idemstore_loom)]
         return self.0.read().unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// The write lock if it is free now, without waiting.
+    #[inline]
+    pub(crate) fn try_write(&self) -> Option<WriteGuard<'_, T>> {
+        #[cfg(not(idemstore_loom))]
+        return self.0.try_write();
+        // loom's lock cannot be poisoned inside a model that does not panic.
+        #[cfg(idemstore_loom)]
+        return self.0.try_write().ok();
     }
 
     #[inline]

@@ -11,10 +11,10 @@
 
 use std::sync::Arc;
 
-use crate::key::KeyHash;
+use crate::key::{KeyHash, FIRST_TAG};
 use crate::pages::ZeroedArray;
-use crate::state::{StateWord, Word};
-use crate::sync::Ordering;
+use crate::state::{Phase, StateWord, Word};
+use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 
 pub(crate) const EMPTY: u8 = 0;
 pub(crate) const DELETED: u8 = 1;
@@ -178,6 +178,22 @@ impl Memory {
         }
     }
 
+    /// The tags and the slots, both writable at once.
+    #[inline]
+    fn parts_mut(&mut self) -> (&mut [u8], &mut [Slot]) {
+        let tag_lines = Self::tag_lines(self.cap);
+        let (tags, slots) = self.lines.split_at_mut(tag_lines);
+        // SAFETY: the first `tag_lines` lines hold `cap` tag bytes (`cap <= tag_lines * 64`),
+        // the lines after them `cap` slots, 64-byte aligned and initialized (see `slots`); the
+        // two halves of `split_at_mut` never overlap.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(tags.as_mut_ptr().cast::<u8>(), self.cap),
+                std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<Slot>(), self.cap),
+            )
+        }
+    }
+
     fn bytes(&self) -> usize {
         self.lines.len() * 64
     }
@@ -235,6 +251,9 @@ impl Memory {
     }
     fn slots_mut(&mut self) -> &mut [Slot] {
         &mut self.slots
+    }
+    fn parts_mut(&mut self) -> (&mut [u8], &mut [Slot]) {
+        (&mut self.tags, &mut self.slots)
     }
     fn bytes(&self) -> usize {
         self.tags.len() * (1 + std::mem::size_of::<Slot>())
@@ -375,6 +394,174 @@ impl<V> Spare<V> {
     /// Bytes this spare holds on the heap.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.table.heap_bytes() + self.moved.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
+/// Tables smaller than this (in slots) are rebuilt by one thread: a shorter move than the hand-off.
+const HELP_MIN_CAPACITY: usize = 1 << 15;
+
+/// What [`Table::rebuild`] made.
+#[derive(Debug)]
+pub(crate) struct Rebuilt<V> {
+    pub(crate) table: Table<V>,
+    /// For each old slot, the new slot of its entry, or [`MOVED_NOWHERE`].
+    pub(crate) moved: Vec<u32>,
+    /// Expired entries dropped: in flight (lease ran out), completed (ttl ran out).
+    pub(crate) lease_expiries: u64,
+    pub(crate) ttl_expiries: u64,
+}
+
+/// One part of a rebuild's moves: the live entries of the old slots from `old_from` (as many
+/// as `moved` has), into the new table's groups from `new_from` (as many as `new_tags` holds).
+/// An entry whose home is outside that part, or whose probe would leave it, is deferred to the
+/// rebuild's end.
+struct Mover<'a> {
+    old_tags: &'a [u8],
+    old_slots: &'a [Slot],
+    old_from: usize,
+    moved: &'a mut [u32],
+    new_tags: &'a mut [u8],
+    new_slots: &'a mut [Slot],
+    new_from: usize,
+    new_groups: usize,
+    now: u64,
+    placed: usize,
+    lease_expiries: u64,
+    ttl_expiries: u64,
+    deferred: Vec<u32>,
+}
+
+impl Mover<'_> {
+    fn run(&mut self) {
+        let here = self.new_tags.len() / GROUP;
+        for k in 0..self.moved.len() {
+            let i = self.old_from + k;
+            let tag = self.old_tags[i];
+            if tag < FIRST_TAG {
+                continue;
+            }
+            let s = &self.old_slots[i];
+            let w = s.word.load(Ordering::Relaxed);
+            if !w.is_live(self.now) {
+                match w.phase() {
+                    Phase::Vacant => {}
+                    Phase::InFlight => self.lease_expiries += 1,
+                    Phase::Completed => self.ttl_expiries += 1,
+                }
+                continue;
+            }
+            let home = KeyHash { hi: s.hi, lo: s.lo }.home(self.new_groups);
+            let Some(mut g) = home.checked_sub(self.new_from).filter(|&g| g < here) else {
+                self.deferred.push(i as u32);
+                continue;
+            };
+            loop {
+                let mut b = [0u8; GROUP];
+                b.copy_from_slice(&self.new_tags[g * GROUP..(g + 1) * GROUP]);
+                let empty = zero_bytes(u64::from_le_bytes(b));
+                if empty != 0 {
+                    let pos = g * GROUP + (empty.trailing_zeros() / 8) as usize;
+                    self.new_tags[pos] = tag;
+                    let d = &mut self.new_slots[pos];
+                    d.hi = s.hi;
+                    d.lo = s.lo;
+                    d.word.store_exclusive(w);
+                    self.moved[k] = (self.new_from * GROUP + pos) as u32;
+                    self.placed += 1;
+                    break;
+                }
+                g += 1;
+                if g == here {
+                    self.deferred.push(i as u32);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A rebuild's offer of half its moves to a claim that finds the shard locked, which would
+/// otherwise wait for the whole move: with two threads on a growing store, one of them was
+/// waiting on a rebuild most of the time the other spent rebuilding.
+///
+/// The rebuild holds the shard's write lock throughout. It offers a [`Mover`] that lives on its
+/// stack; a claim that takes the offer (`Offered → Taken`) runs it and marks it done; the
+/// rebuild, having moved its own half, takes the offer back if nobody took it, or waits until
+/// it is done, and only then touches that half again or lets go of the lock.
+#[derive(Debug, Default)]
+pub(crate) struct Help {
+    state: AtomicUsize,
+    job: AtomicPtr<()>,
+}
+
+const IDLE: usize = 0;
+const OFFERED: usize = 1;
+const TAKEN: usize = 2;
+const DONE: usize = 3;
+
+// The mover runs on the helping thread: everything it borrows must be shareable there.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Mover<'static>>();
+};
+
+impl Help {
+    fn offer(&self, mover: &mut Mover<'_>) {
+        self.job
+            .store(std::ptr::from_mut(mover).cast::<()>(), Ordering::Relaxed);
+        // Release: a helper that sees the offer sees the job pointer and everything the mover
+        // borrows (the new table's zeroed tags among it).
+        self.state.store(OFFERED, Ordering::Release);
+    }
+
+    /// Takes the offer back: true if nobody took it (the caller runs the mover itself), false
+    /// once a helper that took it is done with it.
+    fn withdraw(&self) -> bool {
+        // Acquire on both outcomes: a helper's writes through the mover happen before.
+        if self
+            .state
+            .compare_exchange(OFFERED, IDLE, Ordering::Acquire, Ordering::Acquire)
+            .is_ok()
+        {
+            return true;
+        }
+        let mut spins = 0u32;
+        while self.state.load(Ordering::Acquire) != DONE {
+            spins += 1;
+            crate::sync::spin_wait(spins);
+        }
+        self.state.store(IDLE, Ordering::Relaxed);
+        false
+    }
+
+    /// Runs the half of a rebuild on offer, if there is one; for a claim that found the shard's
+    /// lock taken and is about to wait for it.
+    /// Returns whether it did.
+    #[inline]
+    pub(crate) fn lend_a_hand(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == OFFERED && self.take()
+    }
+
+    #[cold]
+    fn take(&self) -> bool {
+        if self
+            .state
+            .compare_exchange(OFFERED, TAKEN, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let mover = self.job.load(Ordering::Relaxed).cast::<Mover<'_>>();
+        // SAFETY: the offer (stored before `OFFERED`, read after our `Acquire` CAS) points to
+        // a `Mover` on the stack of the rebuild that holds the shard lock. Once we moved the
+        // state to `Taken`, that rebuild neither touches the mover nor returns until we store
+        // `Done` (`Help::withdraw`), so the mover and everything it borrows stay valid and ours
+        // alone until then: its `&mut` parts are the half of the new table and of the moved
+        // map that the rebuild split off and does not use, its `&` parts are the old table,
+        // which nothing writes while the lock is held.
+        unsafe { (*mover).run() };
+        self.state.store(DONE, Ordering::Release);
+        true
     }
 }
 
@@ -657,14 +844,22 @@ impl<V> Table<V> {
         self.values.get_mut(i)?.take()
     }
 
-    /// Moves every entry for which `keep` says yes into `into`'s empty table. Returns the new
-    /// table and, for each old slot, the new slot of its entry ([`MOVED_NOWHERE`] if it was not
-    /// kept), so the wheel's records can follow their entries.
-    pub(crate) fn rebuild(
-        &mut self,
-        into: Spare<V>,
-        mut keep: impl FnMut(Word) -> bool,
-    ) -> (Table<V>, Vec<u32>) {
+    /// Moves every live entry (at `now`, ms) into `into`'s empty table. Returns the new table,
+    /// for each old slot the new slot of its entry ([`MOVED_NOWHERE`] if it was dropped), so the
+    /// wheel's records can follow their entries, and the expired entries dropped.
+    ///
+    /// With `help`, a large table's moves are cut in two: this thread moves the first half of
+    /// the old table into the first part of the new one, and offers the second half to a claim
+    /// that finds the shard locked meanwhile (see [`Help`]); the halves write to disjoint parts
+    /// of the new table, and the few entries whose slots would cross the cut are placed after
+    /// both are done.
+    pub(crate) fn rebuild(&mut self, into: Spare<V>, now: u64, help: Option<&Help>) -> Rebuilt<V> {
+        let help = help.filter(|_| self.capacity() >= HELP_MIN_CAPACITY);
+        self.rebuild_split(into, now, help)
+    }
+
+    /// [`Table::rebuild`], offering half the moves to `help` whatever the table's size.
+    fn rebuild_split(&mut self, into: Spare<V>, now: u64, help: Option<&Help>) -> Rebuilt<V> {
         let Spare {
             table: mut next,
             mut moved,
@@ -672,26 +867,84 @@ impl<V> Table<V> {
         debug_assert_eq!(next.occupied, 0);
         // A spare is made for the table it replaces; this only guards against a mismatch.
         moved.resize(self.capacity(), MOVED_NOWHERE);
-        for (i, to) in moved.iter_mut().enumerate() {
-            if !self.is_occupied(i) {
-                continue;
+        let (old_groups, new_groups) = (self.groups, next.groups);
+        // Old groups below `split` go to new groups below `cut`: the homes scale by
+        // `new_groups / old_groups`, so each half's entries land on their side of the cut but
+        // for a few near it (and those that wrapped round the table's end).
+        let split = if help.is_some() {
+            old_groups / 2
+        } else {
+            old_groups
+        };
+        let cut = split * new_groups / old_groups;
+        let (old_tags, old_slots) = (self.mem.tags(), self.mem.slots());
+        let (new_tags, new_slots) = next.mem.parts_mut();
+        let (tags_a, tags_b) = new_tags.split_at_mut(cut * GROUP);
+        let (slots_a, slots_b) = new_slots.split_at_mut(cut * GROUP);
+        let (moved_a, moved_b) = moved.split_at_mut(split * GROUP);
+        let mover = |old_from, moved, new_tags, new_slots, new_from| Mover {
+            old_tags,
+            old_slots,
+            old_from,
+            moved,
+            new_tags,
+            new_slots,
+            new_from,
+            new_groups,
+            now,
+            placed: 0,
+            lease_expiries: 0,
+            ttl_expiries: 0,
+            deferred: Vec::new(),
+        };
+        let mut a = mover(0, moved_a, tags_a, slots_a, 0);
+        let mut b = mover(split * GROUP, moved_b, tags_b, slots_b, cut);
+        match help {
+            Some(help) => {
+                help.offer(&mut b);
+                a.run();
+                if help.withdraw() {
+                    b.run();
+                }
             }
-            let w = self.word(i);
-            if !keep(w) {
-                continue;
+            None => {
+                a.run();
+                b.run();
             }
+        }
+        let (placed, lease_expiries, ttl_expiries) = (
+            a.placed + b.placed,
+            a.lease_expiries + b.lease_expiries,
+            a.ttl_expiries + b.ttl_expiries,
+        );
+        let deferred: Vec<u32> = a.deferred.into_iter().chain(b.deferred).collect();
+        next.occupied = placed;
+        for i in deferred {
+            let i = i as usize;
             let s = &self.mem.slots()[i];
             let h = KeyHash { hi: s.hi, lo: s.lo };
             let pos = next.free_slot_for_new(&h);
-            next.insert_at(pos, &h, w, self.fingerprint(i));
-            if let Some(v) = self.take_value(i) {
-                if let Some(cell) = next.values.get_mut(pos) {
-                    *cell = Some(v);
+            next.insert_at(pos, &h, s.word.load(Ordering::Relaxed), 0);
+            moved[i] = pos as u32;
+        }
+        // Fingerprints and values follow their entries (dedup-only stores have neither).
+        if self.fingerprints.is_some() || !self.values.is_empty() {
+            for (i, &to) in moved.iter().enumerate() {
+                if to == MOVED_NOWHERE {
+                    continue;
+                }
+                next.set_fingerprint(to as usize, self.fingerprint(i));
+                if let Some(v) = self.take_value(i) {
+                    next.set_value(to as usize, v);
                 }
             }
-            *to = pos as u32;
         }
-        (next, moved)
+        Rebuilt {
+            table: next,
+            moved,
+            lease_expiries,
+            ttl_expiries,
+        }
     }
 
     /// The first empty slot on `h`'s probe path, for a key known to be absent from a table
@@ -850,7 +1103,11 @@ mod tests {
         for (i, h) in keys.iter().enumerate() {
             assert_eq!(t.find(h).is_some(), i % 2 == 1, "key {i}");
         }
-        let (rebuilt, moved) = t.rebuild(Spare::new(32, true, t.capacity()), |_| true);
+        let Rebuilt {
+            table: rebuilt,
+            moved,
+            ..
+        } = t.rebuild(Spare::new(32, true, t.capacity()), 0, None);
         assert_eq!(rebuilt.occupied(), 7);
         for (i, h) in keys.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
             let _ = i;
@@ -1021,6 +1278,128 @@ mod tests {
         }
     }
 
+    /// A table of `cap` slots filled to 0.85 with keys `0..n` (values, fingerprints, and words
+    /// that are live at time 10 except for every fifth key, whose lease ran out at 5).
+    fn filled(cap: usize) -> (Table<u32>, Vec<KeyHash>) {
+        let mut t: Table<u32> = Table::new(cap, false);
+        let n = cap * 85 / 100;
+        let keys: Vec<_> = (0..n as u32)
+            .map(|i| hash_key(9, b"", &i.to_le_bytes()))
+            .collect();
+        for (i, h) in keys.iter().enumerate() {
+            let Probe::Absent(pos) = t.probe(h) else {
+                panic!()
+            };
+            let deadline = if i % 5 == 0 { 5 } else { 1000 + i as u64 };
+            t.insert_at(
+                pos,
+                h,
+                Word::new(Phase::InFlight, i as u64, deadline),
+                i as u64 + 1,
+            );
+            t.set_value(pos, Arc::new(i as u32));
+        }
+        (t, keys)
+    }
+
+    /// Checks that `r` holds exactly the live keys of `old`'s (as `filled` made them), where
+    /// `moved` says, with their words, fingerprints and values.
+    fn check_rebuilt(old: &Table<u32>, r: &Rebuilt<u32>, keys: &[KeyHash]) {
+        let mut live = 0;
+        for (i, h) in keys.iter().enumerate() {
+            let from = old.find(h).expect("still in the old table");
+            let found = r.table.find(h);
+            if i % 5 == 0 {
+                assert_eq!(found, None, "expired key {i} dropped");
+                assert_eq!(r.moved[from], MOVED_NOWHERE);
+                continue;
+            }
+            live += 1;
+            let at = found.unwrap_or_else(|| panic!("live key {i} moved"));
+            assert_eq!(r.moved[from] as usize, at, "key {i}: the map says where");
+            assert_eq!(r.table.word(at), old.word(from));
+            assert_eq!(r.table.fingerprint(at), i as u64 + 1);
+            assert_eq!(r.table.value(at).as_deref(), Some(&(i as u32)));
+        }
+        assert_eq!(r.table.occupied(), live);
+        assert_eq!(r.ttl_expiries, 0);
+        assert_eq!(r.lease_expiries as usize, keys.len().div_ceil(5));
+    }
+
+    #[test]
+    fn a_rebuild_moves_every_live_entry_alone() {
+        for cap in [HELP_MIN_CAPACITY - 8, HELP_MIN_CAPACITY + 8 * 1000] {
+            let (mut t, keys) = filled(cap);
+            let spare = Spare::new(cap * 3 / 2, false, t.capacity());
+            // Nobody takes the offer: the rebuild moves both halves itself.
+            let help = Help::default();
+            let r = t.rebuild(spare, 10, Some(&help));
+            check_rebuilt(&t, &r, &keys);
+            assert_eq!(help.state.load(Ordering::Relaxed), IDLE);
+        }
+    }
+
+    #[test]
+    fn a_rebuild_helped_by_another_thread_moves_every_live_entry() {
+        let help = Help::default();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let helped = std::thread::scope(|s| {
+            let helper = s.spawn(|| {
+                let mut helped = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    helped += usize::from(help.lend_a_hand());
+                    std::hint::spin_loop();
+                }
+                helped
+            });
+            // Growing and not, so that the cut between the halves falls at different places.
+            for (cap, grown) in [(40_000, 60_000), (40_000, 40_000), (70_001, 100_003)] {
+                let (mut t, keys) = filled(cap);
+                let r = t.rebuild(Spare::new(grown, false, t.capacity()), 10, Some(&help));
+                check_rebuilt(&t, &r, &keys);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            helper.join().expect("the helper does not panic")
+        });
+        // Whether the helper came in time is up to the scheduler; every outcome was checked.
+        assert!(helped <= 3);
+        assert_eq!(help.state.load(Ordering::Relaxed), IDLE);
+    }
+
+    #[test]
+    fn a_helper_runs_an_offered_half_once() {
+        let (t, keys) = filled(40_000);
+        let mut next: Table<u32> = Table::new(60_000, false);
+        let mut moved = vec![MOVED_NOWHERE; t.capacity()];
+        let (new_tags, new_slots) = next.mem.parts_mut();
+        let mut m = Mover {
+            old_tags: t.mem.tags(),
+            old_slots: t.mem.slots(),
+            old_from: 0,
+            moved: &mut moved,
+            new_tags,
+            new_slots,
+            new_from: 0,
+            new_groups: 60_000 / GROUP,
+            now: 10,
+            placed: 0,
+            lease_expiries: 0,
+            ttl_expiries: 0,
+            deferred: Vec::new(),
+        };
+        let help = Help::default();
+        assert!(!help.lend_a_hand(), "nothing on offer");
+        help.offer(&mut m);
+        assert!(help.lend_a_hand(), "took the offer");
+        assert!(!help.lend_a_hand(), "taken once");
+        assert!(!help.withdraw(), "done by the helper");
+        assert!(!help.lend_a_hand(), "back to idle");
+        let placed = m.placed + m.deferred.len();
+        assert_eq!(placed, keys.len() - keys.len().div_ceil(5));
+        help.offer(&mut m);
+        assert!(help.withdraw(), "taken back untouched");
+    }
+
     #[test]
     fn dedup_only_tables_store_no_values() {
         let t: Table<()> = Table::with_capacity(1000);
@@ -1032,5 +1411,44 @@ mod tests {
             t.heap_bytes(),
             cap.div_ceil(64) * 64 + (cap * 24).div_ceil(64) * 64
         );
+    }
+}
+
+#[cfg(all(test, idemstore_loom))]
+mod loom_models {
+    use super::*;
+    use crate::key::hash_key;
+
+    /// A rebuild offers half its moves while another thread, which found the shard locked, may
+    /// take them: whoever moves that half, every live entry ends up in the new table exactly
+    /// once, and the rebuild sees the helper's writes.
+    #[test]
+    fn a_half_on_offer_is_moved_once_and_seen() {
+        loom::model(|| {
+            let help = crate::sync::Arc::new(Help::default());
+            let helper = {
+                let help = crate::sync::Arc::clone(&help);
+                loom::thread::spawn(move || {
+                    help.lend_a_hand();
+                })
+            };
+            let mut t: Table<()> = Table::new(32, false);
+            let keys: Vec<_> = (0..6u32)
+                .map(|i| hash_key(1, b"", &i.to_le_bytes()))
+                .collect();
+            for (i, h) in keys.iter().enumerate() {
+                let Probe::Absent(pos) = t.probe(h) else {
+                    panic!()
+                };
+                t.insert_at(pos, h, Word::new(Phase::InFlight, i as u64, 100), 0);
+            }
+            let r = t.rebuild_split(Spare::new(48, false, t.capacity()), 1, Some(&help));
+            helper.join().unwrap();
+            assert_eq!(r.table.occupied(), keys.len());
+            for h in &keys {
+                let from = t.find(h).unwrap();
+                assert_eq!(r.table.find(h), Some(r.moved[from] as usize));
+            }
+        });
     }
 }
