@@ -166,6 +166,8 @@ mod builder;
 mod clock;
 mod error;
 mod key;
+// Table memory; under loom the tables use boxed arrays instead (see `table.rs`).
+#[cfg(not(idemstore_loom))]
 mod pages;
 mod shard;
 mod state;

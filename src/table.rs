@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use crate::key::{KeyHash, FIRST_TAG};
+#[cfg(not(idemstore_loom))]
 use crate::pages::ZeroedArray;
 use crate::state::{Phase, StateWord, Word};
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
