@@ -538,9 +538,8 @@ impl Help {
         false
     }
 
-    /// Runs the half of a rebuild on offer, if there is one; for a claim that found the shard's
-    /// lock taken and is about to wait for it.
-    /// Returns whether it did.
+    /// Runs the half of a rebuild on offer, if there is one, and says whether it did; for a
+    /// claim that found the shard's lock taken and is about to wait for it.
     #[inline]
     pub(crate) fn lend_a_hand(&self) -> bool {
         self.state.load(Ordering::Relaxed) == OFFERED && self.take()
@@ -1184,32 +1183,27 @@ mod tests {
         assert_eq!(t.find(&homed(7, 108)), Some(wrapped));
     }
 
-    #[test]
-    fn a_recycled_table_is_empty_and_takes_new_keys() {
-        let mut t: Table<u32> = Table::with_capacity(64);
-        let keys: Vec<_> = (0..50u32)
-            .map(|i| hash_key(3, b"", &i.to_le_bytes()))
-            .collect();
-        let value = Arc::new(7u32);
-        for h in &keys[..40] {
+    /// Inserts `keys` into `t` with word `w(1)`, fingerprint 9 and `value`.
+    fn insert_all(t: &mut Table<u32>, keys: &[KeyHash], value: &Arc<u32>) {
+        for h in keys {
             let Probe::Absent(pos) = t.probe(h) else {
                 panic!()
             };
             t.insert_at(pos, h, w(1), 9);
-            t.values[pos] = Some(Arc::clone(&value));
+            t.set_value(pos, Arc::clone(value));
         }
-        let at = t.find(&keys[0]).unwrap();
-        t.remove(at);
-        assert_eq!(Arc::strong_count(&value), 40);
-        t.recycle();
+    }
+
+    /// Checks that `t` is empty (no entry, no tombstone, every tag EMPTY, no key of `keys`),
+    /// then that it takes `keys[from..]` and finds exactly those, each written whole.
+    fn check_empty_and_reusable(t: &mut Table<u32>, keys: &[KeyHash], from: usize) {
         assert_eq!((t.occupied(), t.tombstones()), (0, 0));
-        assert_eq!(Arc::strong_count(&value), 1, "stored values dropped");
         assert!(t.mem.tags().iter().all(|&tag| tag == EMPTY));
         assert!(!t.needs_rebuild() && !t.near_rebuild());
-        for h in &keys {
+        for h in keys {
             assert!(t.find(h).is_none());
         }
-        for h in &keys[10..] {
+        for h in &keys[from..] {
             let Probe::Absent(pos) = t.probe(h) else {
                 panic!()
             };
@@ -1217,28 +1211,39 @@ mod tests {
         }
         for (i, h) in keys.iter().enumerate() {
             let found = t.find(h);
-            assert_eq!(found.is_some(), i >= 10);
+            assert_eq!(found.is_some(), i >= from, "key {i}");
             if let Some(at) = found {
                 assert_eq!((t.word(at), t.fingerprint(at)), (w(2), 0), "written whole");
+                assert!(t.value(at).is_none());
             }
         }
     }
 
     #[test]
+    fn a_recycled_table_is_empty_and_takes_new_keys() {
+        let mut t: Table<u32> = Table::with_capacity(64);
+        let keys: Vec<_> = (0..50u32)
+            .map(|i| hash_key(3, b"", &i.to_le_bytes()))
+            .collect();
+        let value = Arc::new(7u32);
+        insert_all(&mut t, &keys[..40], &value);
+        let at = t.find(&keys[0]).unwrap();
+        t.remove(at);
+        assert_eq!(Arc::strong_count(&value), 40);
+        t.recycle();
+        assert_eq!(Arc::strong_count(&value), 1, "stored values dropped");
+        check_empty_and_reusable(&mut t, &keys, 10);
+    }
+
+    #[test]
     fn a_regrown_table_is_larger_empty_and_takes_new_keys() {
         // 100 000 slots: 2.5 MB, a mapping of its own, which is what can grow.
-        let mut t: Table<u32> = Table::new(100_000, true);
         let keys: Vec<_> = (0..90_000u32)
             .map(|i| hash_key(5, b"", &i.to_le_bytes()))
             .collect();
         let value = Arc::new(7u32);
-        for h in &keys[..80_000] {
-            let Probe::Absent(pos) = t.probe(h) else {
-                panic!()
-            };
-            t.insert_at(pos, h, w(1), 9);
-            t.values[pos] = Some(Arc::clone(&value));
-        }
+        let mut t: Table<u32> = Table::new(100_000, true);
+        insert_all(&mut t, &keys[..80_000], &value);
         let old_cap = t.capacity();
         if !t.can_grow() {
             // Huge pages need Linux: elsewhere the table is freed and the caller makes one.
@@ -1247,39 +1252,14 @@ mod tests {
         }
         assert!(t.regrow(old_cap).is_none(), "not larger: freed");
         let mut t: Table<u32> = Table::new(100_000, true);
-        for h in &keys[..80_000] {
-            let Probe::Absent(pos) = t.probe(h) else {
-                panic!()
-            };
-            t.insert_at(pos, h, w(1), 9);
-            t.values[pos] = Some(Arc::clone(&value));
-        }
+        insert_all(&mut t, &keys[..80_000], &value);
         let mut g = t.regrow(150_000).expect("a mapped table grows");
         assert_eq!(Arc::strong_count(&value), 1, "stored values dropped");
         assert_eq!(g.capacity(), 150_000usize.div_ceil(GROUP) * GROUP);
         assert_eq!(g.values.len(), g.capacity());
         assert!(g.can_grow() && g.huge());
-        assert_eq!((g.occupied(), g.tombstones()), (0, 0));
-        assert!(g.mem.tags().iter().all(|&tag| tag == EMPTY));
-        assert!(!g.needs_rebuild() && !g.near_rebuild());
-        for h in &keys {
-            assert!(g.find(h).is_none());
-        }
-        // Fill it past the old size: the slots' old bytes never show through.
-        for h in &keys[40_000..] {
-            let Probe::Absent(pos) = g.probe(h) else {
-                panic!()
-            };
-            g.insert_at(pos, h, w(2), 0);
-        }
-        for (i, h) in keys.iter().enumerate() {
-            let found = g.find(h);
-            assert_eq!(found.is_some(), i >= 40_000, "key {i}");
-            if let Some(at) = found {
-                assert_eq!((g.word(at), g.fingerprint(at)), (w(2), 0), "written whole");
-                assert!(g.value(at).is_none());
-            }
-        }
+        // Filled past the old size: the slots' old bytes never show through.
+        check_empty_and_reusable(&mut g, &keys, 40_000);
     }
 
     /// A table of `cap` slots filled to 0.85 with keys `0..n` (values, fingerprints, and words
