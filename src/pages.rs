@@ -83,7 +83,8 @@ impl<T> ZeroedArray<T> {
     /// This array grown to `len` elements in a new mapping that takes over its pages: the
     /// first `self.len()` elements keep their bytes and the rest are zero. Only the new part
     /// is fresh memory for the kernel to zero; the old part moves by its page tables (`mremap`),
-    /// huge pages whole where both ends are 2 MiB-aligned, which they are here. Hands the array
+    /// huge pages whole (both mappings start at a 2 MiB boundary; a partial last huge page of
+    /// the old one was never a huge page). Hands the array
     /// back unchanged if it is not a mapping of its own, is not shorter than `len`, or the
     /// kernel refuses.
     #[cfg_attr(not(target_os = "linux"), allow(clippy::unnecessary_wraps))]

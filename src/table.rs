@@ -203,13 +203,14 @@ impl Memory {
         self.lines.populate();
     }
 
-    /// This memory made into `cap` tags and slots by growing its mapping (see
-    /// `ZeroedArray::grow`): the tags are zeroed, the slots keep whatever bytes they got, which
-    /// nothing reads (see [`Table::recycle`]). Faulted in. Hands it back if it cannot grow.
+    /// Whether [`Memory::regrow`] can keep this memory.
     fn can_grow(&self) -> bool {
         self.lines.is_mapped()
     }
 
+    /// This memory made into `cap` tags and slots by growing its mapping (see
+    /// `ZeroedArray::grow`): the tags are zeroed, the slots keep whatever bytes they got, which
+    /// nothing reads (see [`Table::recycle`]). Faulted in. Hands it back if it cannot grow.
     fn regrow(self, cap: usize) -> Result<Self, Self> {
         let Self { lines, cap: old } = self;
         let want = Self::tag_lines(cap) + (cap * std::mem::size_of::<Slot>()).div_ceil(64);
@@ -930,8 +931,11 @@ impl<V> Table<V> {
             next.insert_at(pos, &h, s.word.load(Ordering::Relaxed), 0);
             moved[i] = pos as u32;
         }
-        // Fingerprints and values follow their entries (dedup-only stores have neither).
-        if self.fingerprints.is_some() || !self.values.is_empty() {
+        // Fingerprints and values follow their entries (dedup-only stores have neither). A
+        // spare has no fingerprints of its own (`Table::recycle` drops them), checked anyway:
+        // a stale one would make a live key's claims mismatch.
+        debug_assert!(next.fingerprints.is_none());
+        if self.fingerprints.is_some() || next.fingerprints.is_some() || !self.values.is_empty() {
             for (i, &to) in moved.iter().enumerate() {
                 if to == MOVED_NOWHERE {
                     continue;
@@ -974,6 +978,9 @@ impl<V> Table<V> {
     /// a pass over the tags (a 25th of the memory) instead of the kernel zeroing fresh pages.
     pub(crate) fn recycle(&mut self) {
         self.mem.tags_mut().fill(EMPTY);
+        // The old entries' fingerprints go too: a rebuild into this table writes fingerprints
+        // only where the table it empties had some.
+        self.fingerprints = None;
         for cell in self.values.iter_mut() {
             drop(cell.take());
         }
@@ -1308,6 +1315,34 @@ mod tests {
         assert_eq!(r.table.occupied(), live);
         assert_eq!(r.ttl_expiries, 0);
         assert_eq!(r.lease_expiries as usize, keys.len().div_ceil(5));
+    }
+
+    #[test]
+    fn a_rebuild_into_a_recycled_table_leaves_no_old_fingerprints() {
+        // Dedup-only tables (no values, which would make the rebuild copy fingerprints anyway):
+        // the donor's entries all had fingerprints, the table rebuilt into it has none.
+        let insert = |t: &mut Table<()>, seed: u64, n: u32, fp: u64| {
+            let keys: Vec<_> = (0..n)
+                .map(|i| hash_key(seed, b"", &i.to_le_bytes()))
+                .collect();
+            for h in &keys {
+                let Probe::Absent(pos) = t.probe(h) else {
+                    panic!()
+                };
+                t.insert_at(pos, h, w(100), fp);
+            }
+            keys
+        };
+        let mut donor: Table<()> = Table::new(8000, false);
+        insert(&mut donor, 12, 7000, 77);
+        let mut t: Table<()> = Table::new(5000, false);
+        let keys = insert(&mut t, 11, 4000, 0);
+        let spare = Spare::recycled(donor, t.capacity());
+        let r = t.rebuild(spare, 10, None);
+        for h in &keys {
+            let at = r.table.find(h).expect("moved");
+            assert_eq!(r.table.fingerprint(at), 0, "no fingerprint of the donor's");
+        }
     }
 
     #[test]
