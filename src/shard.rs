@@ -695,7 +695,8 @@ impl<V> Shard<V> {
     /// The owner's completion of `h`: its word goes from `expected` to `next` (Completed) and
     /// `value` is stored, if the word is still `expected` (no takeover, no expiry since the
     /// owner installed it). Write lock held, so nothing else can change the word meanwhile: a
-    /// plain store does, no compare-and-swap. Returns whether it completed.
+    /// plain store does, no compare-and-swap. Hands `value` back if the lease was lost, for
+    /// the caller to drop after the lock.
     #[inline]
     pub(crate) fn complete(
         &mut self,
@@ -703,19 +704,20 @@ impl<V> Shard<V> {
         expected: Word,
         next: Word,
         value: Option<Arc<V>>,
-    ) -> bool {
+    ) -> Result<(), Option<Arc<V>>> {
         let Some(i) = self.table.find(h) else {
-            return false;
+            return Err(value);
         };
         if self.table.word(i) != expected {
-            return false;
+            return Err(value);
         }
         self.table.slot(i).word.store_exclusive(next);
         if let Some(v) = value {
+            // The slot's value was taken when the key was (re)acquired: nothing is dropped here.
             self.table.set_value(i, v);
         }
         self.counts.completions += 1;
-        true
+        Ok(())
     }
 
     /// The owner's fenced transition of `h` from `expected` to `next`, under the read lock.

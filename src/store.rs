@@ -938,28 +938,38 @@ impl<'a, V> Guard<'a, V> {
         let mut shard = cell.write();
         let now_nanos = shard.advance_time(inner.clock.now_nanos());
         if floor_ms(now_nanos) >= this.word.deadline() {
+            drop(shard);
+            drop(value);
             return Err(Error::LeaseLost);
         }
         let next = this
             .word
             .with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
-        let shared = match value {
-            Ok(shared) => Some(shared),
-            Err(unit) => {
-                let _ = inner.unit.get_or_init(|| unit);
-                None
-            }
+        let (shared, mut unit) = match value {
+            Ok(shared) => (Some(shared), None),
+            Err(unit) => (None, Some(unit)),
         };
-        if !shard.complete(&this.hash, this.word, next, shared) {
+        if let Err(unused) = shard.complete(&this.hash, this.word, next, shared) {
+            // The value's `Drop` is user code: never under the lock.
+            drop(shard);
+            drop(unused);
             event!(
                 token = this.token,
                 "complete refused: the lease was lost to a newer owner"
             );
             return Err(Error::LeaseLost);
         }
+        if unit.is_some() {
+            // Kept before the lock goes, so that a replay of this entry finds it.
+            let _ = inner
+                .unit
+                .get_or_init(|| unit.take().expect("invariant: checked just above"));
+        }
         // No need to flag a shortened deadline here: the entry's wheel record was filed at the
         // earlier of its lease deadline and (claim time + ttl), never after this deadline.
         drop(shard);
+        // An instance not kept (one already was) is dropped outside the lock too.
+        drop(unit);
         inner.wake(&this.hash);
         Ok(())
     }

@@ -296,3 +296,70 @@ fn id_batches_match_single_id_claims() {
         assert!(store.claim_id(id).unwrap().is_completed());
     }
 }
+
+/// A stored value whose `Drop` uses the store it was meant for: it must never run while the
+/// store holds a shard lock, or it would wait on itself.
+#[derive(Debug)]
+struct UsesStore {
+    store: &'static std::sync::OnceLock<Store<UsesStore>>,
+    _alive: std::sync::Arc<()>,
+}
+
+impl Drop for UsesStore {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.get() {
+            // Takes every shard's lock for reading.
+            let _ = store.len();
+        }
+    }
+}
+
+#[test]
+fn a_value_refused_for_a_lost_lease_is_dropped_outside_the_store_locks() {
+    static STORE: std::sync::OnceLock<Store<UsesStore>> = std::sync::OnceLock::new();
+    let (clock, hand) = Clock::manual();
+    let store = STORE.get_or_init(|| {
+        Store::builder()
+            .lease(Duration::from_secs(5))
+            .shards(1)
+            .clock(clock)
+            .build()
+            .unwrap()
+    });
+    let drops = std::sync::Arc::new(());
+    // Lost to time: the lease ran out before the completion.
+    let Claim::Acquired(g) = store.claim("k").unwrap() else {
+        panic!("first claim acquires")
+    };
+    hand.advance(Duration::from_secs(5));
+    let value = UsesStore {
+        store: &STORE,
+        _alive: std::sync::Arc::clone(&drops),
+    };
+    assert!(matches!(g.complete(value), Err(Error::LeaseLost)));
+    // Lost to a newer owner: its takeover came first.
+    let Claim::Acquired(g) = store.claim("j").unwrap() else {
+        panic!("first claim acquires")
+    };
+    hand.advance(Duration::from_secs(5));
+    let Claim::Acquired(newer) = store.claim("j").unwrap() else {
+        panic!("the lease ran out: takeover")
+    };
+    let value = UsesStore {
+        store: &STORE,
+        _alive: std::sync::Arc::clone(&drops),
+    };
+    assert!(matches!(g.complete(value), Err(Error::LeaseLost)));
+    assert_eq!(
+        std::sync::Arc::strong_count(&drops),
+        1,
+        "both values dropped"
+    );
+    newer
+        .complete(UsesStore {
+            store: &STORE,
+            _alive: std::sync::Arc::clone(&drops),
+        })
+        .unwrap();
+    assert!(store.claim("j").unwrap().is_completed());
+}
