@@ -499,6 +499,34 @@ pub(crate) struct Help {
     job: AtomicPtr<()>,
 }
 
+/// An offer not yet withdrawn; withdrawn on drop, so also when a panic unwinds.
+struct Offered<'h>(&'h Help);
+
+impl Offered<'_> {
+    fn withdraw(self) -> bool {
+        let help = self.0;
+        std::mem::forget(self);
+        help.withdraw()
+    }
+}
+
+impl Drop for Offered<'_> {
+    fn drop(&mut self) {
+        self.0.withdraw();
+    }
+}
+
+/// Ends the process if dropped: a helper that panicked halfway would leave the rebuild
+/// waiting with the shard locked, or a table with half its entries. `Mover::run` has no
+/// reachable panic (every index is bounded by the table sizes); this is a tripwire.
+struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        std::process::abort();
+    }
+}
+
 const IDLE: usize = 0;
 const OFFERED: usize = 1;
 const TAKEN: usize = 2;
@@ -556,14 +584,17 @@ impl Help {
             return false;
         }
         let mover = self.job.load(Ordering::Relaxed).cast::<Mover<'_>>();
+        let tripwire = AbortOnUnwind;
         // SAFETY: the offer (stored before `OFFERED`, read after our `Acquire` CAS) points to
         // a `Mover` on the stack of the rebuild that holds the shard lock. Once we moved the
         // state to `Taken`, that rebuild neither touches the mover nor returns until we store
         // `Done` (`Help::withdraw`), so the mover and everything it borrows stay valid and ours
         // alone until then: its `&mut` parts are the half of the new table and of the moved
         // map that the rebuild split off and does not use, its `&` parts are the old table,
-        // which nothing writes while the lock is held.
+        // which nothing writes while the lock is held (a rebuild that panics takes the offer
+        // back, waiting for us, before it unwinds: `Offered`).
         unsafe { (*mover).run() };
+        std::mem::forget(tripwire);
         self.state.store(DONE, Ordering::Release);
         true
     }
@@ -577,7 +608,7 @@ pub(crate) const fn stores_values<V>() -> bool {
 
 impl<V> Table<V> {
     /// A table of at least `capacity` slots (rounded up to whole groups), on huge pages.
-    #[cfg(test)]
+    #[cfg(all(test, not(idemstore_loom)))]
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         Self::new(capacity, true)
     }
@@ -906,8 +937,12 @@ impl<V> Table<V> {
         match help {
             Some(help) => {
                 help.offer(&mut b);
+                // From here until the offer is withdrawn, `b` is the helper's: it is taken back
+                // (waiting for a helper that took it) even if this half panics, before
+                // unwinding frees what `b` borrows.
+                let offer = Offered(help);
                 a.run();
-                if help.withdraw() {
+                if offer.withdraw() {
                     b.run();
                 }
             }

@@ -68,7 +68,7 @@ impl Wheel {
     }
 
     /// Records held, due or not.
-    #[cfg(test)]
+    #[cfg(all(test, not(idemstore_loom)))]
     pub(crate) fn len(&self) -> usize {
         self.records
     }
