@@ -112,8 +112,9 @@ struct Retired<V> {
 /// Tables kept for shards' next rebuilds, at most [`POOL_TABLES`] per store. A new table's
 /// memory must be zeroed by the kernel, which took milliseconds per table here (a claim that
 /// makes a spare waits for it, and so do the claims queued behind it); a kept table is emptied
-/// by a pass over its tags (see `Table::recycle`). Only tables replaced by rebuilds that did not
-/// grow their shard much are kept, so a store that is growing keeps none.
+/// by a pass over its tags (see `Table::recycle`). Tables replaced by rebuilds that did not grow
+/// their shard much are kept for spares of about their size; a table replaced by growth is kept
+/// only while no other is, and is grown into the next larger spare (`Table::regrow`).
 #[derive(Debug)]
 pub(crate) struct Pool<V> {
     tables: RwLock<Vec<Table<V>>>,

@@ -2,9 +2,10 @@
 //!
 //! # Ground rules of the concurrency model
 //! - Every entry lives in a shard guarded by a reader-writer lock. **Claims** (which may insert,
-//!   take over or reuse an entry) hold the lock in write mode. **Guard operations** (complete,
-//!   release, extend) hold it only in read mode, so the owners of different keys in one shard
-//!   finish their work in parallel; their transition is a `compare_exchange` on this word.
+//!   take over or reuse an entry) and **completions** hold the lock in write mode; a completion
+//!   checks that the word is still the one its guard installed and stores the completed word
+//!   (nothing else can change it meanwhile). **Release and extend** hold it only in read mode;
+//!   their transition is a `compare_exchange` on this word.
 //! - A guard remembers the exact word it installed. Its transition succeeds only if the word is
 //!   still that one; any takeover, expiry or reuse since then changed the word, so a stale guard
 //!   fails with `LeaseLost` and changes nothing. A later owner's word always differs from an
@@ -27,7 +28,7 @@
 //! |------------------------|----------------------|--------------|-------|
 //! | (none)                 | InFlight(t, now+l)   | claim        | write |
 //! | Vacant / expired       | InFlight(t', now+l)  | claim        | write |
-//! | InFlight(t, d), now<d  | Completed(t, now+ttl)| guard t      | read  |
+//! | InFlight(t, d), now<d  | Completed(t, now+ttl)| guard t      | write |
 //! | InFlight(t, d), now<d  | Vacant(t, d)         | guard t      | read  |
 //! | InFlight(t, d), now<d  | InFlight(t, now+l')  | guard t      | read  |
 //! | any, expired or Vacant | (removed)            | wheel, claim | write |
@@ -128,9 +129,9 @@ impl StateWord {
     /// transition happened since the owner installed `expected`.
     #[inline]
     pub(crate) fn transition(&self, expected: Word, next: Word) -> Result<(), Word> {
-        // AcqRel on success: Release publishes everything the owner did before (its value write
-        // is ordered by the shard lock today, but the word must stay a self-contained publication
-        // point if the read path ever drops the lock); Acquire so a later owner's CAS sees it.
+        // AcqRel on success: Release publishes everything the owner did before (ordered by the
+        // shard lock today, but the word must stay a self-contained publication point if the
+        // read path ever drops the lock); Acquire so a later owner's CAS sees it.
         // Acquire on failure: the caller reports the word it lost to.
         self.0
             .compare_exchange(expected.0, next.0, Ordering::AcqRel, Ordering::Acquire)

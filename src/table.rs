@@ -485,9 +485,9 @@ impl Mover<'_> {
     }
 }
 
-/// A rebuild's offer of half its moves to a claim that finds the shard locked, which would
-/// otherwise wait for the whole move: with two threads on a growing store, one of them was
-/// waiting on a rebuild most of the time the other spent rebuilding.
+/// A rebuild's offer of half its moves to a claim (or completion) that finds the shard locked,
+/// which would otherwise wait for the whole move: with two threads on a growing store, one of
+/// them was waiting on a rebuild most of the time the other spent rebuilding.
 ///
 /// The rebuild holds the shard's write lock throughout. It offers a [`Mover`] that lives on its
 /// stack; a claim that takes the offer (`Offered → Taken`) runs it and marks it done; the

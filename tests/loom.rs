@@ -22,8 +22,8 @@
 //!    (b) a third thread moves the clock during it, (c) the stale owner heartbeats (extend);
 //! 3. release (explicit, or by dropping the guard) races a claim;
 //! 4. ttl expiry plus maintenance races a replay;
-//! 5. owners of two keys in one shard complete together (the read-lock path), with stored
-//!    values and dedup-only;
+//! 5. owners of two keys in one shard complete together (each under the write lock, in either
+//!    order), with stored values and dedup-only;
 //! 6. a rebuild (the shard is full) races another owner's complete;
 //! 7. a duplicate waits (`claim_wait_blocking`) while the owner completes, releases or drops
 //!    its guard;
@@ -561,9 +561,9 @@ fn expiry_races_replay() {
     });
 }
 
-/// Model 5: two owners of different keys in one shard complete concurrently (the read-lock path:
-/// both CAS their own state word and publish their own value cell under the shared lock). Both
-/// values must replay.
+/// Model 5: two owners of different keys in one shard complete concurrently (each takes the
+/// shard's write lock, checks its own state word and stores the completed word and its value).
+/// Both values must replay.
 #[test]
 fn different_keys_complete_concurrently() {
     model(&[], |_| {
@@ -624,8 +624,8 @@ fn different_keys_complete_concurrently_dedup_only() {
 }
 
 /// Model 6: A claim that finds its shard full rebuilds the table (write lock; every surviving entry
-/// moves to a new slot) while the owner of another key completes (read lock; it probes for its slot
-/// afresh). Both owners must complete and both values replay.
+/// moves to a new slot) while the owner of another key completes (write lock; it probes for its
+/// slot afresh). Both owners must complete and both values replay.
 #[test]
 fn rebuild_races_complete() {
     model(&["a claimed first", "b claimed first"], |reached| {
