@@ -465,11 +465,12 @@ impl<V> Shard<V> {
         }
         // Released, or its lease or window ran out: the entry is reused in place. Its wheel
         // record stays (one per slot) and is filed again at the new deadline when it fires.
+        let lease_deadline = lease.deadline();
         let takeover = match w.phase() {
             Phase::Vacant => {
                 cell.vacant.fetch_sub(1, Ordering::Relaxed);
                 self.counts.acquired += 1;
-                if w.deadline() > lease.deadline().min(now + self.ttl) {
+                if w.deadline() > lease_deadline.min(now + self.ttl) {
                     // The record is filed at the released lease's deadline, later than this
                     // life may end: let a capacity check sweep if it comes to that.
                     cell.shortened.store(true, Ordering::Relaxed);
@@ -491,7 +492,7 @@ impl<V> Shard<V> {
         drop(self.table.take_value(i));
         self.table.set_fingerprint(i, fingerprint);
         let token = self.take_token();
-        let word = Word::new(Phase::InFlight, token, lease.deadline());
+        let word = Word::new(Phase::InFlight, token, lease_deadline);
         self.table.slot(i).word.store_exclusive(word);
         Outcome::Acquired {
             token,
