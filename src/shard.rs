@@ -752,6 +752,16 @@ mod tests {
         claim_in(cell, id, &Pool::new())
     }
 
+    /// Claims the keys `ids`, each of which must be new.
+    fn claim_new(cell: &ShardCell<()>, ids: std::ops::Range<u128>) {
+        for id in ids {
+            assert!(
+                matches!(claim(cell, id), Outcome::Acquired { .. }),
+                "key {id}"
+            );
+        }
+    }
+
     /// [`claim`] in a store whose pool is `pool`.
     fn claim_in(cell: &ShardCell<()>, id: u128, pool: &Pool<()>) -> Outcome<()> {
         let mut shard = cell.lock.write();
@@ -866,9 +876,7 @@ mod tests {
         // `b` (target load 0.6, like every shard of index 0) will want about 1.5 times its
         // 5464 slots at its rebuild: about the 8192 slots `a` gives back.
         let (a, b) = (cell(8192), cell(5464));
-        for id in 0..4000 {
-            claim(&a, id);
-        }
+        claim_new(&a, 0..4000);
         // A rebuild that does not grow the shard (nothing new came in): its old table is kept.
         let mut s = a.lock.write();
         let kept_capacity = s.table.capacity();
@@ -881,11 +889,7 @@ mod tests {
         // Shard `b` grows to its spare point: its spare is that table, emptied.
         let mut id = 1 << 40;
         while b.lock.read().spare.is_none() {
-            let mut s = b.lock.write();
-            s.claim(&b, &hash_id(1, id), 0, 1, LEASE_FROM_0);
-            let chores = s.take_chores();
-            drop(s);
-            chores.run(&b, &pool);
+            claim_in(&b, id, &pool);
             id += 1;
         }
         assert!(pool.tables.read().is_empty(), "the kept table was taken");
@@ -914,9 +918,7 @@ mod tests {
     #[test]
     fn a_shard_that_is_not_growing_orders_a_spare_of_its_present_size() {
         let c = cell(8192);
-        for id in 0..5000 {
-            claim(&c, id);
-        }
+        claim_new(&c, 0..5000);
         let mut s = c.lock.write();
         // Growing: the projection fills the table to its rebuild point with live entries.
         s.order_spare(&c);
@@ -935,9 +937,7 @@ mod tests {
     fn a_shard_at_its_bound_takes_no_spare_its_entries_would_overfill() {
         // 1,000 entries at most: the table is at its largest, 1,344 slots (a load of 0.75).
         let c: ShardCell<()> = ShardCell::new(0, 1000, 86_400_000, 1344, 0, false);
-        for id in 0..1000 {
-            assert!(matches!(claim(&c, id), Outcome::Acquired { .. }));
-        }
+        claim_new(&c, 0..1000);
         let mut s = c.lock.write();
         assert_eq!(s.table.capacity(), 1344);
         // 1,040 slots would start at a load of 0.96, past the rebuild point.
@@ -994,9 +994,7 @@ mod tests {
     #[test]
     fn a_spare_that_does_not_fit_is_not_used() {
         let c = cell(8192);
-        for id in 0..1000 {
-            claim(&c, id);
-        }
+        claim_new(&c, 0..1000);
         let mut s = c.lock.write();
         let generation = s.rebuilds;
         assert!(s.deliver(generation, Spare::new(16, false, 8192)).is_none());
