@@ -83,11 +83,40 @@ pub(crate) fn hash_key(seed: u64, scope: &[u8], key: &[u8]) -> KeyHash {
     }
 }
 
-/// Hashes a caller's own 128-bit id. Ids get a hash function of their own (the seed mixed with
-/// a domain constant), so an id and a `(scope, key)` pair meet only by a 128-bit collision.
+/// Round constants of [`hash_id`]'s Feistel network: a key part xored in (with the seed) and an
+/// odd multiplier per round (digits of pi and e, and the golden ratio's).
+const ID_ROUNDS: [(u64, u64); 4] = [
+    (0x243F_6A88_85A3_08D3, 0x9E37_79B9_7F4A_7C15),
+    (0x1319_8A2E_0370_7344, 0xB7E1_5162_8AED_2A6B),
+    (0xA409_3822_299F_31D0, 0xC2B2_AE3D_27D4_EB4F),
+    (0x082E_FA98_EC4E_6C89, 0x1656_67B1_9E37_79F9),
+];
+
+/// The high and low halves of a 64 x 64-bit product, xored: every bit of the result depends
+/// on every bit of `x` (the mixing step of foldhash and wyhash).
+#[inline(always)]
+fn fold(x: u64, m: u64) -> u64 {
+    let p = u128::from(x) * u128::from(m);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// Hashes a caller's own 128-bit id: a keyed permutation of the 128-bit space, four rounds of a
+/// Feistel network whose round function is a folded multiply of one half keyed by the seed.
+/// Being a permutation, it gives distinct ids distinct identities (no collision at all, where
+/// hashing bytes leaves a 2^-128 chance), and it costs a fraction of hashing the id's 16 bytes
+/// with xxh3. The seed is mixed with a domain constant, so an id and a `(scope, key)` pair (whose
+/// identity is an xxh3 digest) meet only by a 128-bit collision.
 #[inline]
 pub(crate) fn hash_id(seed: u64, id: u128) -> KeyHash {
-    KeyHash::from_u128(xxh3_128_with_seed(&id.to_le_bytes(), seed ^ ID_DOMAIN))
+    let key = seed ^ ID_DOMAIN;
+    let mut l = (id >> 64) as u64;
+    let mut r = id as u64;
+    for (c, m) in ID_ROUNDS {
+        let next = l ^ fold(r ^ key ^ c, m);
+        l = r;
+        r = next;
+    }
+    KeyHash { hi: l, lo: r }
 }
 
 /// Hashes a payload fingerprint to the 64 bits the store keeps; never 0, which means "none".
@@ -122,6 +151,79 @@ mod tests {
         joined.extend_from_slice(&scope);
         joined.extend_from_slice(&key);
         assert_eq!(streamed, KeyHash::from_u128(xxh3_128_with_seed(&joined, 5)));
+    }
+
+    /// [`hash_id`] run backwards: the Feistel rounds in reverse order.
+    fn unhash_id(seed: u64, h: KeyHash) -> u128 {
+        let key = seed ^ ID_DOMAIN;
+        let (mut l, mut r) = (h.hi, h.lo);
+        for (c, m) in ID_ROUNDS.into_iter().rev() {
+            let prev = r ^ fold(l ^ key ^ c, m);
+            r = l;
+            l = prev;
+        }
+        (u128::from(l) << 64) | u128::from(r)
+    }
+
+    #[test]
+    fn ids_hash_to_a_permutation() {
+        for seed in [0, 1, 0xDEAD_BEEF] {
+            for id in (0..1000u128).chain([u128::MAX, 1 << 64, u128::from(u64::MAX)]) {
+                let id = id.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+                assert_eq!(unhash_id(seed, hash_id(seed, id)), id);
+            }
+        }
+    }
+
+    /// Sequential ids, the most regular input a caller can give, land evenly on shards, tags
+    /// and home groups: no cell's count is off by more than six standard deviations.
+    #[test]
+    fn sequential_ids_spread_evenly() {
+        let n = 1 << 18;
+        let mut shards = vec![0u32; 256];
+        let mut tags = vec![0u32; 256];
+        let mut homes = vec![0u32; 1000];
+        for id in 0..n {
+            let h = hash_id(7, id);
+            shards[h.shard(8)] += 1;
+            tags[h.hi as u8 as usize] += 1;
+            homes[h.home(1000)] += 1;
+        }
+        for (name, counts) in [("shard", &shards), ("tag", &tags), ("home", &homes)] {
+            let mean = n as f64 / counts.len() as f64;
+            let bound = 6.0 * mean.sqrt();
+            for (i, &c) in counts.iter().enumerate() {
+                assert!(
+                    (f64::from(c) - mean).abs() < bound,
+                    "{name} {i}: {c}, mean {mean}"
+                );
+            }
+        }
+    }
+
+    /// Flipping any one bit of an id flips each bit of its identity about half the time.
+    #[test]
+    fn one_bit_of_an_id_changes_every_bit_of_its_identity() {
+        let samples = 2000u32;
+        for bit in 0..128 {
+            let mut flips = [0u32; 128];
+            for s in 0..samples {
+                let id = u128::from(s).wrapping_mul(0x2545_F491_4F6C_DD1D_9E37_79B9_7F4A_7C15);
+                let a = hash_id(11, id);
+                let b = hash_id(11, id ^ (1 << bit));
+                let d = (u128::from(a.hi ^ b.hi) << 64) | u128::from(a.lo ^ b.lo);
+                for (out, f) in flips.iter_mut().enumerate() {
+                    *f += ((d >> out) & 1) as u32;
+                }
+            }
+            for (out, &f) in flips.iter().enumerate() {
+                let p = f64::from(f) / f64::from(samples);
+                assert!(
+                    (0.4..0.6).contains(&p),
+                    "input bit {bit}, output bit {out}: {p}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -90,7 +90,9 @@
 //! known, so a caller who controls keys could make two keys of their choosing act as one. Empty
 //! keys and keys over `max_key_len` (255 bytes by default) are refused with
 //! [`Error::InvalidKey`]; a caller with its own 128-bit id can use
-//! [`Store::claim_id`]. The seed is random per store unless fixed with [`Builder::seed`].
+//! [`Store::claim_id`], which maps ids to identities by a seeded permutation of the 128-bit
+//! space (a Feistel network), so two different ids never act as one. The seed is random per
+//! store unless fixed with [`Builder::seed`].
 //!
 //! # Capacity and memory
 //! The store holds at most `max_entries` entries and fails closed: a new key that finds its shard

@@ -495,7 +495,9 @@ impl<V> Store<V> {
         Ok(size)
     }
 
-    /// Claims a caller's own 128-bit id (a UUID, a message id) directly: no key bytes to check.
+    /// Claims a caller's own 128-bit id (a UUID, a message id) directly: no key bytes to check
+    /// or hash. Ids map to identities by a seeded permutation, so two different ids never
+    /// collide (keys hashed from bytes may, with odds of about n²/2¹²⁹).
     #[inline]
     pub fn claim_id(&self, id: u128) -> Result<Claim<'_, V>, Error> {
         let h = hash_id(self.inner.seed, id);
