@@ -83,8 +83,9 @@ pub(crate) fn hash_key(seed: u64, scope: &[u8], key: &[u8]) -> KeyHash {
     }
 }
 
-/// Round constants of [`hash_id`]'s Feistel network: a key part xored in (with the seed) and an
-/// odd multiplier per round (digits of pi and e, and the golden ratio's).
+/// Round constants of [`hash_id`]'s Feistel network: a key part xored in (with the seed), the
+/// first hex digits of pi, and an odd multiplier per round (the golden ratio's and e's digits,
+/// and two of xxHash's 64-bit primes).
 const ID_ROUNDS: [(u64, u64); 4] = [
     (0x243F_6A88_85A3_08D3, 0x9E37_79B9_7F4A_7C15),
     (0x1319_8A2E_0370_7344, 0xB7E1_5162_8AED_2A6B),
