@@ -104,8 +104,9 @@ struct Retired<V> {
     /// The rebuild's old-to-new slot map, freed with it.
     moved: Vec<u32>,
     /// Whether the table is worth keeping for another shard's rebuild: the rebuild grew the
-    /// shard by a quarter at most (at steady state, rebuilds that clear tombstones replace a
-    /// table with one of about its size; growth replaces it with one 1.3 to 1.5 times larger).
+    /// shard by a quarter at most (a rebuild that drops released keys at a shard's bound
+    /// replaces a table with one of about its size; growth replaces it with one 1.3 to 1.5
+    /// times larger).
     reusable: bool,
 }
 
@@ -320,8 +321,8 @@ impl<V> ShardCell<V> {
 }
 
 /// The largest table a shard of `bound` entries gets: a load of 0.75 when full of live keys,
-/// which leaves a sixth of the slots before the 0.9 rebuild threshold for tombstones, so a shard
-/// at its bound under churn rebuilds once per many removals, not once per few.
+/// under the 0.9 rebuild point, so a shard at its bound under churn does not rebuild (removals
+/// leave no tombstones: see `Table::remove`).
 pub(crate) fn max_capacity(bound: usize) -> usize {
     (bound + 1).saturating_mul(4) / 3 + crate::table::GROUP
 }
@@ -540,9 +541,9 @@ impl<V> Shard<V> {
     /// The sizes of a table that does for a rebuild that keeps `survivors` entries and would
     /// make `capacity` slots: up to a quarter larger, and smaller down to where the survivors
     /// would fill it to [`MAX_START_LOAD`]. A spare sized for a projection a little off does, and
-    /// so does a kept table of about the old size when a shard at steady state rebuilds to clear
-    /// its tombstones (making a fresh table of the target size would cost milliseconds of
-    /// zeroing).
+    /// so does a kept table of about the old size when a shard rebuilds without growing, at its
+    /// bound to drop released keys (making a fresh table of the target size would cost
+    /// milliseconds of zeroing).
     fn fitting(&self, survivors: usize, capacity: usize) -> (usize, usize) {
         let least = ((survivors + 1) * 100).div_ceil(MAX_START_LOAD);
         (least.min(capacity), capacity + capacity / 4)
@@ -552,13 +553,12 @@ impl<V> Shard<V> {
     /// lets go (see [`Chores`]), sized for the entries the table will hold at its rebuild point.
     fn order_spare(&mut self, cell: &ShardCell<V>) {
         self.table.spare_ordered();
-        let at_rebuild = self.table.rebuild_at() - self.table.tombstones();
+        let at_rebuild = self.table.rebuild_at();
         let survivors = at_rebuild.saturating_sub(cell.vacant.load(Ordering::Relaxed));
         let wanted = self.rebuild_capacity(survivors);
         let fits = self.fitting(survivors, wanted);
-        // A shard that is not growing (its rebuild clears tombstones) asks for a table of its
-        // present size where that does: the kept tables of the other shards at steady state
-        // are that size, so it gets one of them instead of new memory.
+        // A shard that is not growing (its rebuild drops released keys) asks for a table of its
+        // present size where that does, which it may get from the pool instead of new memory.
         let capacity = if (fits.0..=fits.1).contains(&self.table.capacity()) {
             self.table.capacity()
         } else {

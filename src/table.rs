@@ -1,6 +1,6 @@
 //! One shard's hash table: open addressing over groups of eight slots, probed linearly.
 //!
-//! Beside the slots sits an array of tag bytes, one per slot: `EMPTY`, `DELETED`, or the low
+//! Beside the slots sits an array of tag bytes, one per slot: `EMPTY`, or the low
 //! byte of the key's hash. A probe reads eight tags as one `u64` and finds matching and empty
 //! bytes with exact SWAR arithmetic, so it touches the 24-byte slots only for likely matches.
 //! The home group comes from a multiply-shift, so the group count is free to be any number and
@@ -18,12 +18,11 @@ use crate::state::{Phase, StateWord, Word};
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 
 pub(crate) const EMPTY: u8 = 0;
-pub(crate) const DELETED: u8 = 1;
 pub(crate) const GROUP: usize = 8;
+/// An overflow count that has reached this stays: its group is passed through forever.
+const OVERFLOW_STUCK: u8 = u8::MAX;
 /// The smallest table, in slots.
 pub(crate) const MIN_CAPACITY: usize = 2 * GROUP;
-/// Groups [`Table::passed_through`] looks at before it gives up and keeps a tombstone.
-const PASS_SCAN: usize = 4;
 /// In the map [`Table::rebuild`] returns: the entry was dropped.
 pub(crate) const MOVED_NOWHERE: u32 = u32::MAX;
 
@@ -32,7 +31,7 @@ const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
 
 /// Bit 7 of each byte of the result is set iff that byte of `x` is zero. Exact: unlike the
 /// classic `(x - LSB) & !x` trick it has no false positives, which matters because a false
-/// "empty" would end a probe early and admit a duplicate.
+/// "empty" would have a new key written over an entry.
 #[inline]
 fn zero_bytes(x: u64) -> u64 {
     !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
@@ -303,11 +302,13 @@ pub(crate) struct Table<V> {
     /// Payload fingerprints (0 = none); allocated on the shard's first fingerprinted claim.
     fingerprints: Option<Box<[u64]>>,
     groups: usize,
+    /// Per group, how many entries sit beyond it on probe paths that ran through it while it
+    /// was full (saturating at [`OVERFLOW_STUCK`]). A probe ends at a group whose count is 0.
+    overflow: Box<[u8]>,
     occupied: usize,
-    deleted: usize,
-    /// Entries plus tombstones at which the next insert would take the load past 0.9.
+    /// Entries at which the next insert would take the load past 0.9.
     rebuild_at: usize,
-    /// Entries plus tombstones at which an insert must look at the table's size: before
+    /// Entries at which an insert must look at the table's size: before
     /// `rebuild_at` by [`spare_margin`] while the shard may still order a spare table for its
     /// next rebuild, at `rebuild_at` once it has (or if the table is too small to bother).
     check_at: usize,
@@ -427,6 +428,8 @@ struct Mover<'a> {
     moved: &'a mut [u32],
     new_tags: &'a mut [u8],
     new_slots: &'a mut [Slot],
+    /// The overflow counts of this part's groups.
+    new_overflow: &'a mut [u8],
     new_from: usize,
     new_groups: usize,
     now: u64,
@@ -460,6 +463,7 @@ impl Mover<'_> {
                 self.deferred.push(i as u32);
                 continue;
             };
+            let first = g;
             loop {
                 let mut b = [0u8; GROUP];
                 b.copy_from_slice(&self.new_tags[g * GROUP..(g + 1) * GROUP]);
@@ -473,6 +477,13 @@ impl Mover<'_> {
                     d.word.store_exclusive(w);
                     self.moved[k] = (self.new_from * GROUP + pos) as u32;
                     self.placed += 1;
+                    // The full groups it passed count it (a deferred entry is counted when
+                    // it is placed at the end).
+                    for c in &mut self.new_overflow[first..g] {
+                        if *c != OVERFLOW_STUCK {
+                            *c += 1;
+                        }
+                    }
                     break;
                 }
                 g += 1;
@@ -635,8 +646,8 @@ impl<V> Table<V> {
             values,
             fingerprints: None,
             groups: cap / GROUP,
+            overflow: vec![0; cap / GROUP].into_boxed_slice(),
             occupied: 0,
-            deleted: 0,
             rebuild_at: rebuild_at(cap),
             check_at: check_at(cap),
         }
@@ -653,17 +664,17 @@ impl<V> Table<V> {
         self.occupied
     }
 
-    /// Whether one more insert would take the load (with tombstones) past 0.9.
+    /// Whether one more insert would take the load past 0.9.
     #[inline]
     pub(crate) fn needs_rebuild(&self) -> bool {
-        self.occupied + self.deleted >= self.rebuild_at
+        self.occupied >= self.rebuild_at
     }
 
     /// Whether an insert must look at the table's size first: it needs a rebuild, or is close
     /// enough to one to order a spare table ([`Table::spare_ordered`] until the rebuild).
     #[inline]
     pub(crate) fn near_rebuild(&self) -> bool {
-        self.occupied + self.deleted >= self.check_at
+        self.occupied >= self.check_at
     }
 
     /// Notes that a spare table for the next rebuild was ordered: from now on only the
@@ -677,14 +688,9 @@ impl<V> Table<V> {
         self.huge
     }
 
-    /// Entries plus tombstones at which the table needs a rebuild.
+    /// Entries at which the table needs a rebuild.
     pub(crate) fn rebuild_at(&self) -> usize {
         self.rebuild_at
-    }
-
-    /// Tombstones: slots that hold no entry but do not end probes.
-    pub(crate) fn tombstones(&self) -> usize {
-        self.deleted
     }
 
     #[inline]
@@ -733,21 +739,15 @@ impl<V> Table<V> {
                 }
                 hits &= hits - 1;
             }
-            let empty = zero_bytes(tags);
             if free == usize::MAX {
-                // Tombstones are rare (a group with an EMPTY byte takes none): look for them
-                // only when the table has some.
-                let f = if self.deleted == 0 {
-                    empty
-                } else {
-                    empty | match_byte(tags, DELETED)
-                };
-                if f != 0 {
-                    free = g * GROUP + (f.trailing_zeros() / 8) as usize;
+                let empty = zero_bytes(tags);
+                if empty != 0 {
+                    free = g * GROUP + (empty.trailing_zeros() / 8) as usize;
                 }
             }
             left -= 1;
-            if empty != 0 || left == 0 {
+            // No entry beyond this group came through it: the key is not further on.
+            if self.overflow[g] == 0 || left == 0 {
                 break;
             }
             g += 1;
@@ -755,8 +755,17 @@ impl<V> Table<V> {
                 g = 0;
             }
         }
-        // The load is kept at or below 0.9, so a free slot always exists.
-        Probe::Absent(if free == usize::MAX { 0 } else { free })
+        if free == usize::MAX {
+            free = self.free_slot_past_full_path(h);
+        }
+        Probe::Absent(free)
+    }
+
+    /// Every group on `h`'s path was full: the key goes in the first free slot past it.
+    #[cold]
+    #[inline(never)]
+    fn free_slot_past_full_path(&self, h: &KeyHash) -> usize {
+        self.free_slot_for_new(h)
     }
 
     /// The slot of `h`, if present.
@@ -772,9 +781,7 @@ impl<V> Table<V> {
     #[inline]
     pub(crate) fn insert_at(&mut self, pos: usize, h: &KeyHash, word: Word, fingerprint: u64) {
         debug_assert!(!self.is_occupied(pos));
-        if self.mem.tags()[pos] == DELETED {
-            self.deleted -= 1;
-        }
+        self.pass(h.home(self.groups), pos / GROUP, 1);
         self.mem.tags_mut()[pos] = h.tag();
         let s = &mut self.mem.slots_mut()[pos];
         s.hi = h.hi;
@@ -784,34 +791,24 @@ impl<V> Table<V> {
         self.set_fingerprint(pos, fingerprint);
     }
 
-    /// Whether some entry beyond the full group `g` got there on a probe path through `g`, so
-    /// that `g` must stay without an EMPTY byte for probes to reach it. Looks at the groups
-    /// after `g` up to the first one with an EMPTY byte (no probe path continues past it), at
-    /// most [`PASS_SCAN`] of them; past that it answers yes, which is always safe.
-    fn passed_through(&self, g: usize) -> bool {
-        let n = self.groups;
-        let mut k = g;
-        for _ in 0..PASS_SCAN.min(n - 1) {
-            k = if k + 1 == n { 0 } else { k + 1 };
-            let tags = self.group_tags(k);
-            let empty = zero_bytes(tags);
-            let mut held = !(empty | match_byte(tags, DELETED)) & (LSB << 7);
-            while held != 0 {
-                let j = k * GROUP + (held.trailing_zeros() / 8) as usize;
-                let s = &self.mem.slots()[j];
-                let home = ((u128::from(s.lo) * n as u128) >> 64) as usize;
-                // The entry's path runs from `home` to `k`; it passes `g` if `g` comes before
-                // `k` going round from `home`.
-                if (g + n - home) % n < (k + n - home) % n {
-                    return true;
-                }
-                held &= held - 1;
+    /// Counts `by` (+1 or -1) into the overflow of every group from `home` up to, not
+    /// including, `to`: the groups a probe path from `home` runs through to reach group `to`.
+    /// Mostly there are none (the entry sits in its home group). A count that reached
+    /// [`OVERFLOW_STUCK`] stays there: probes then always go on past that group, which is safe.
+    #[inline]
+    fn pass(&mut self, home: usize, to: usize, by: i8) {
+        let mut g = home;
+        while g != to {
+            let c = &mut self.overflow[g];
+            debug_assert!(by > 0 || *c > 0, "an overflow count below zero");
+            if *c != OVERFLOW_STUCK {
+                *c = c.wrapping_add_signed(by);
             }
-            if empty != 0 {
-                return false;
+            g += 1;
+            if g == self.groups {
+                g = 0;
             }
         }
-        true
     }
 
     /// Starts loading slot `i`'s tag and state word, which expiry is about to read.
@@ -823,20 +820,17 @@ impl<V> Table<V> {
         }
     }
 
-    /// Removes the entry in slot `i`, dropping its value.
+    /// Removes the entry in slot `i`, dropping its value. The slot is EMPTY again at once:
+    /// probes end where a group's overflow count says nothing lies beyond, not at an EMPTY
+    /// byte, so a removal leaves no tombstone, only takes its entry out of the counts of the
+    /// groups its path ran through (the F14 scheme). A table never fills with tombstones and
+    /// needs a rebuild only to grow.
     pub(crate) fn remove(&mut self, i: usize) {
         debug_assert!(self.is_occupied(i));
-        // Probes stop at a group with an EMPTY byte, so a slot may go back to EMPTY unless some
-        // entry sits beyond its group on a probe path through it. A group that already has an
-        // EMPTY byte has no such entry; a full one usually has none either (checked), and only
-        // then does the slot become a tombstone. Fewer tombstones, fewer rebuilds.
-        let g = i / GROUP;
-        if zero_bytes(self.group_tags(g)) != 0 || !self.passed_through(g) {
-            self.mem.tags_mut()[i] = EMPTY;
-        } else {
-            self.mem.tags_mut()[i] = DELETED;
-            self.deleted += 1;
-        }
+        let s = &self.mem.slots()[i];
+        let home = KeyHash { hi: s.hi, lo: s.lo }.home(self.groups);
+        self.pass(home, i / GROUP, -1);
+        self.mem.tags_mut()[i] = EMPTY;
         self.occupied -= 1;
         drop(self.take_value(i));
     }
@@ -916,14 +910,16 @@ impl<V> Table<V> {
         let (new_tags, new_slots) = next.mem.parts_mut();
         let (tags_a, tags_b) = new_tags.split_at_mut(cut * GROUP);
         let (slots_a, slots_b) = new_slots.split_at_mut(cut * GROUP);
+        let (overflow_a, overflow_b) = next.overflow.split_at_mut(cut);
         let (moved_a, moved_b) = moved.split_at_mut(split * GROUP);
-        let mover = |old_from, moved, new_tags, new_slots, new_from| Mover {
+        let mover = |old_from, moved, new_tags, new_slots, new_overflow, new_from| Mover {
             old_tags,
             old_slots,
             old_from,
             moved,
             new_tags,
             new_slots,
+            new_overflow,
             new_from,
             new_groups,
             now,
@@ -932,8 +928,8 @@ impl<V> Table<V> {
             ttl_expiries: 0,
             deferred: Vec::new(),
         };
-        let mut a = mover(0, moved_a, tags_a, slots_a, 0);
-        let mut b = mover(split * GROUP, moved_b, tags_b, slots_b, cut);
+        let mut a = mover(0, moved_a, tags_a, slots_a, overflow_a, 0);
+        let mut b = mover(split * GROUP, moved_b, tags_b, slots_b, overflow_b, cut);
         match help {
             Some(help) => {
                 help.offer(&mut b);
@@ -989,8 +985,8 @@ impl<V> Table<V> {
         }
     }
 
-    /// The first empty slot on `h`'s probe path, for a key known to be absent from a table
-    /// without tombstones (a table being rebuilt): no tags to compare, no hashes to read.
+    /// The first empty slot on `h`'s probe path, for a key known to be absent: no tags to
+    /// compare, no hashes to read.
     #[inline]
     fn free_slot_for_new(&self, h: &KeyHash) -> usize {
         let mut g = h.home(self.groups);
@@ -1019,8 +1015,8 @@ impl<V> Table<V> {
         for cell in self.values.iter_mut() {
             drop(cell.take());
         }
+        self.overflow.fill(0);
         self.occupied = 0;
-        self.deleted = 0;
         let cap = self.capacity();
         self.rebuild_at = rebuild_at(cap);
         self.check_at = check_at(cap);
@@ -1049,6 +1045,7 @@ impl<V> Table<V> {
     /// Bytes this table holds on the heap (tags, slots, values, fingerprints).
     pub(crate) fn heap_bytes(&self) -> usize {
         self.mem.bytes()
+            + self.overflow.len()
             + self.values.len() * std::mem::size_of::<Option<Arc<V>>>()
             + self.fingerprints.as_ref().map_or(0, |f| f.len() * 8)
     }
@@ -1129,7 +1126,7 @@ mod tests {
     }
 
     #[test]
-    fn full_probe_chains_survive_tombstones() {
+    fn full_probe_chains_survive_removals() {
         // A table of two groups, filled to 15 of 16: chains cross group boundaries.
         let mut t: Table<u32> = Table::with_capacity(16);
         let keys: Vec<_> = (0..15u32)
@@ -1177,52 +1174,116 @@ mod tests {
     }
 
     #[test]
-    fn removal_keeps_a_tombstone_only_where_a_probe_passed_through() {
+    fn removals_leave_no_tombstone_and_overflow_counts_end_probes() {
         let mut t: Table<()> = Table::with_capacity(64);
         assert_eq!(t.groups, 8);
-        // Nine keys homed at group 0: the ninth overflows into group 1.
-        let keys: Vec<KeyHash> = (0..9).map(|n| homed(0, n)).collect();
-        for h in &keys {
+        let insert = |t: &mut Table<()>, h: &KeyHash| {
             let Probe::Absent(pos) = t.probe(h) else {
-                panic!()
+                panic!("absent")
             };
             t.insert_at(pos, h, w(5), 0);
+            pos
+        };
+        // Nine keys homed at group 0: the ninth overflows into group 1, through group 0.
+        let keys: Vec<KeyHash> = (0..9).map(|n| homed(0, n)).collect();
+        for h in &keys {
+            insert(&mut t, h);
         }
         let overflow = t.find(&keys[8]).unwrap();
         assert_eq!(overflow / GROUP, 1);
-        // Group 0 is full and the ninth key's path runs through it: a tombstone.
-        t.remove(t.find(&keys[0]).unwrap());
-        assert_eq!(t.deleted, 1);
-        assert_eq!(
-            t.find(&keys[8]),
-            Some(overflow),
-            "the overflowed key is still found"
-        );
-        // The overflowed key goes: group 1 has EMPTY bytes, so no tombstone there.
+        assert_eq!(t.overflow[..2], [1, 0]);
+        // A removal in group 0 frees its slot at once; the overflowed key is still found.
+        let freed = t.find(&keys[0]).unwrap();
+        t.remove(freed);
+        assert_eq!(t.mem.tags()[freed], EMPTY);
+        assert_eq!(t.overflow[0], 1, "the ninth key still lies beyond group 0");
+        assert_eq!(t.find(&keys[8]), Some(overflow));
+        assert!(t.find(&keys[0]).is_none());
+        // A new key homed there takes the freed slot, passing nothing.
+        assert_eq!(insert(&mut t, &homed(0, 50)), freed);
+        assert_eq!(t.overflow[0], 1);
+        // The overflowed key goes: nothing lies beyond group 0 any more.
         t.remove(overflow);
-        assert_eq!(t.deleted, 1);
-        // Now nothing lies beyond group 0 on a path through it: EMPTY, not a tombstone.
-        t.remove(t.find(&keys[1]).unwrap());
-        assert_eq!(t.deleted, 1);
-        for h in &keys[2..8] {
+        assert_eq!(t.overflow[..2], [0, 0]);
+        for h in keys[1..8].iter().chain([&homed(0, 50)]) {
             assert!(t.find(h).is_some());
         }
-        // A key homed at group 7 that overflows wraps round into group 0's free slots.
+        // Keys homed at the last group overflow round the table's end into group 0.
         for n in 0..9 {
-            let h = homed(7, 100 + n);
-            let Probe::Absent(pos) = t.probe(&h) else {
-                panic!()
-            };
-            t.insert_at(pos, &h, w(5), 0);
+            insert(&mut t, &homed(7, 100 + n));
         }
         let wrapped = t.find(&homed(7, 108)).unwrap();
-        assert_eq!(wrapped / GROUP, 0, "wrapped round");
-        // Group 7 is full and the wrapped key passed through it. (The wrapped key took group
-        // 0's first free slot, the earlier tombstone.)
-        let gone = t.find(&homed(7, 100)).unwrap();
-        t.remove(gone);
-        assert_eq!(t.mem.tags()[gone], DELETED);
-        assert_eq!(t.find(&homed(7, 108)), Some(wrapped));
+        assert_eq!(wrapped / GROUP, 1, "wrapped round, past the full group 0");
+        assert_eq!((t.overflow[7], t.overflow[0]), (1, 1));
+        t.remove(wrapped);
+        assert_eq!((t.overflow[7], t.overflow[0]), (0, 0));
+        assert!(t
+            .mem
+            .tags()
+            .iter()
+            .all(|&tag| tag == EMPTY || tag >= FIRST_TAG));
+    }
+
+    /// Random inserts and removals on a small, crowded table whose keys share a few homes, so
+    /// that probe paths run across many groups and round the table's end: after every step,
+    /// each key the model holds is found with its own word, fingerprint and value, a removed
+    /// key is not, and every overflow count is the number of entries whose path runs through
+    /// its group.
+    #[test]
+    fn overflow_counts_follow_every_insert_and_removal() {
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..10 {
+            let mut t: Table<u64> = Table::with_capacity(128);
+            let groups = t.groups;
+            let mut held: Vec<(KeyHash, u64)> = Vec::new();
+            let mut gone: Vec<KeyHash> = Vec::new();
+            for n in 0..3000u64 {
+                let insert = held.len() < 40 || (held.len() < 112 && next() % 2 == 0);
+                if insert {
+                    // Homes bunched on three groups: long paths.
+                    let home = [0, groups / 2, groups - 1][(next() % 3) as usize];
+                    let mid = ((home as u128) << 64 | 1 << 63) / groups as u128;
+                    let h = KeyHash {
+                        hi: 0x100 + n,
+                        lo: mid as u64 ^ (n & 0xFF),
+                    };
+                    assert_eq!(h.home(groups), home);
+                    let Probe::Absent(pos) = t.probe(&h) else {
+                        panic!("a new key is absent")
+                    };
+                    t.insert_at(pos, &h, w(n), n + 1);
+                    t.set_value(pos, Arc::new(n));
+                    held.push((h, n));
+                } else {
+                    let (h, _) = held.swap_remove((next() % held.len() as u64) as usize);
+                    t.remove(t.find(&h).expect("a held key is found"));
+                    gone.push(h);
+                }
+                assert_eq!(t.occupied(), held.len());
+                let mut counts = vec![0u8; groups];
+                for (h, n) in &held {
+                    let at = t.find(h).expect("a held key is found");
+                    assert_eq!(t.word(at), w(*n));
+                    assert_eq!(t.fingerprint(at), n + 1);
+                    assert_eq!(t.value(at).as_deref(), Some(n));
+                    let mut g = h.home(groups);
+                    while g != at / GROUP {
+                        counts[g] += 1;
+                        g = (g + 1) % groups;
+                    }
+                }
+                assert_eq!(&counts[..], &t.overflow[..]);
+                for h in gone.iter().rev().take(20) {
+                    assert!(t.find(h).is_none(), "a removed key is gone");
+                }
+            }
+        }
     }
 
     /// Inserts `keys` into `t` with word `w(1)`, fingerprint 9 and `value`.
@@ -1239,7 +1300,8 @@ mod tests {
     /// Checks that `t` is empty (no entry, no tombstone, every tag EMPTY, no key of `keys`),
     /// then that it takes `keys[from..]` and finds exactly those, each written whole.
     fn check_empty_and_reusable(t: &mut Table<u32>, keys: &[KeyHash], from: usize) {
-        assert_eq!((t.occupied(), t.tombstones()), (0, 0));
+        assert_eq!(t.occupied(), 0);
+        assert!(t.overflow.iter().all(|&c| c == 0));
         assert!(t.mem.tags().iter().all(|&tag| tag == EMPTY));
         assert!(!t.needs_rebuild() && !t.near_rebuild());
         for h in keys {
@@ -1433,6 +1495,7 @@ mod tests {
             moved: &mut moved,
             new_tags,
             new_slots,
+            new_overflow: &mut next.overflow,
             new_from: 0,
             new_groups: 60_000 / GROUP,
             now: 10,
@@ -1459,11 +1522,12 @@ mod tests {
         let t: Table<()> = Table::with_capacity(1000);
         assert_eq!(t.values.len(), 0);
         assert!(t.fingerprints.is_none());
-        // A tag byte and a 24-byte slot per slot, each array rounded up to whole cache lines.
+        // A tag byte and a 24-byte slot per slot, each array rounded up to whole cache lines,
+        // and an overflow count per group of eight.
         let cap = t.capacity();
         assert_eq!(
             t.heap_bytes(),
-            cap.div_ceil(64) * 64 + (cap * 24).div_ceil(64) * 64
+            cap.div_ceil(64) * 64 + (cap * 24).div_ceil(64) * 64 + cap / GROUP
         );
     }
 }
