@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::key::KeyHash;
 use crate::state::{Phase, Word};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Event, Ordering, RwLock, WriteGuard};
-use crate::table::{Help, Probe, Rebuilt, Spare, Table, Whereabouts, MIN_CAPACITY};
+use crate::table::{spare_margin, Help, Probe, Rebuilt, Spare, Table, Whereabouts, MIN_CAPACITY};
 use crate::wheel::Wheel;
 
 /// How many due records ahead expiry prefetches the entry of.
@@ -691,7 +691,34 @@ impl<V> Shard<V> {
             self.table.remove(i);
             reclaimed += 1;
         }
+        if reclaimed > 0 && self.spare.is_some() {
+            self.return_spare_if_unneeded();
+        }
         reclaimed
+    }
+
+    /// Gives back the spare table of a shard that no longer nears its rebuild point: its
+    /// entries fell a [`spare_margin`] below the point at which the spare was ordered. Without
+    /// tombstones a table's rebuild comes only with growth, so a shard whose live count settled
+    /// just under its rebuild point would otherwise hold a spare, up to 1.5 times its table,
+    /// for good. The spare goes to the pool after the lock (as a retired table does), where a
+    /// shard that needs one of its size may take it; the shard orders one again if it climbs
+    /// back.
+    #[cold]
+    fn return_spare_if_unneeded(&mut self) {
+        let at = self.table.rebuild_at();
+        if self.retired.is_some() || self.table.occupied() + 2 * spare_margin(at) > at {
+            return;
+        }
+        if let Some(spare) = self.spare.take() {
+            let (table, moved) = spare.into_parts();
+            self.retired = Some(Retired {
+                table,
+                moved,
+                reusable: true,
+            });
+            self.table.spare_returned();
+        }
     }
 
     /// The owner's completion of `h`: its word goes from `expected` to `next` (Completed) and
@@ -831,6 +858,35 @@ mod tests {
             (id - first_b) as usize,
             "one record per entry"
         );
+    }
+
+    #[test]
+    fn a_shard_that_falls_back_from_its_rebuild_point_gives_its_spare_back() {
+        let pool = Pool::new();
+        let c = cell(8192);
+        let mut id = 0;
+        while c.lock.read().spare.is_none() {
+            assert!(matches!(claim_in(&c, id, &pool), Outcome::Acquired { .. }));
+            id += 1;
+        }
+        let spare = c.lock.read().spare.as_ref().unwrap().capacity();
+        // Every lease runs out; expiry takes the shard far below its rebuild point.
+        let mut s = c.lock.write();
+        assert_eq!(s.expire(&c, 40_000, usize::MAX), id as usize);
+        assert!(s.spare.is_none(), "the spare is given back");
+        assert!(!s.table.near_rebuild());
+        let chores = s.take_chores();
+        drop(s);
+        chores.run(&c, &pool);
+        let kept: Vec<usize> = pool.tables.read().iter().map(Table::capacity).collect();
+        assert_eq!(kept, [spare], "to the pool");
+        // Climbing back orders a spare again, which comes from the pool.
+        while c.lock.read().spare.is_none() {
+            assert!(matches!(claim_in(&c, id, &pool), Outcome::Acquired { .. }));
+            id += 1;
+        }
+        assert!(pool.tables.read().is_empty(), "the kept table was taken");
+        assert_eq!(c.lock.read().spare.as_ref().unwrap().capacity(), spare);
     }
 
     #[test]

@@ -873,6 +873,12 @@ impl<V> Inner<V> {
                     break;
                 }
                 reclaimed += shard.expire(cell, now, MAINTENANCE_CHUNK);
+                if shard.has_chores() {
+                    // A spare given back: to the pool, after the lock.
+                    let chores = shard.take_chores();
+                    drop(shard);
+                    chores.run(cell, &self.pool);
+                }
             }
         }
         reclaimed

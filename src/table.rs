@@ -336,7 +336,7 @@ fn rebuild_at(cap: usize) -> usize {
 /// How many inserts before its rebuild point a table asks for a spare: enough that the
 /// thread making one (a millisecond or so for a large table) finishes before other threads
 /// fill the table that far, small enough that few shards hold a spare at a time.
-fn spare_margin(rebuild_at: usize) -> usize {
+pub(crate) fn spare_margin(rebuild_at: usize) -> usize {
     (rebuild_at / 16).min(512)
 }
 
@@ -351,6 +351,11 @@ pub(crate) struct Spare<V> {
 }
 
 impl<V> Spare<V> {
+    /// The empty table and the map's memory, for a spare given back unused.
+    pub(crate) fn into_parts(self) -> (Table<V>, Vec<u32>) {
+        (self.table, self.moved)
+    }
+
     /// A table of at least `capacity` slots, faulted in, to replace one of `old_capacity` slots.
     pub(crate) fn new(capacity: usize, huge: bool, old_capacity: usize) -> Self {
         let mut table = Table::new(capacity, huge);
@@ -681,6 +686,12 @@ impl<V> Table<V> {
     /// rebuild itself makes [`Table::near_rebuild`] true.
     pub(crate) fn spare_ordered(&mut self) {
         self.check_at = self.rebuild_at;
+    }
+
+    /// Notes that the spare was given back: [`Table::near_rebuild`] turns true again where a
+    /// spare is ordered.
+    pub(crate) fn spare_returned(&mut self) {
+        self.check_at = check_at(self.capacity());
     }
 
     /// Whether this table's memory asks for huge pages (and so its successors' do).
