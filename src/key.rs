@@ -12,7 +12,8 @@
 
 use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed, Xxh3};
 
-/// Tag bytes below this value are reserved for empty and deleted slots.
+/// Tag bytes below this value are reserved: 0 marks an empty slot (1 marked a tombstone before
+/// tables counted overflow instead, and stays unused).
 pub(crate) const FIRST_TAG: u8 = 2;
 
 /// Longest scope + key hashed from a stack buffer; longer input streams through the hasher.
@@ -47,7 +48,7 @@ impl KeyHash {
         (self.hi >> 1 >> (63 - shard_bits)) as usize
     }
 
-    /// The tag byte stored beside the slot: the low byte of `hi`, never EMPTY or DELETED.
+    /// The tag byte stored beside the slot: the low byte of `hi`, never below [`FIRST_TAG`].
     #[inline]
     pub(crate) fn tag(&self) -> u8 {
         (self.hi as u8).max(FIRST_TAG)

@@ -1277,19 +1277,13 @@ mod tests {
                     gone.push(h);
                 }
                 assert_eq!(t.occupied(), held.len());
-                let mut counts = vec![0u8; groups];
                 for (h, n) in &held {
                     let at = t.find(h).expect("a held key is found");
                     assert_eq!(t.word(at), w(*n));
                     assert_eq!(t.fingerprint(at), n + 1);
                     assert_eq!(t.value(at).as_deref(), Some(n));
-                    let mut g = h.home(groups);
-                    while g != at / GROUP {
-                        counts[g] += 1;
-                        g = (g + 1) % groups;
-                    }
                 }
-                assert_eq!(&counts[..], &t.overflow[..]);
+                assert_eq!(counted_overflow(&t), &t.overflow[..]);
                 for h in gone.iter().rev().take(20) {
                     assert!(t.find(h).is_none(), "a removed key is gone");
                 }
@@ -1308,7 +1302,7 @@ mod tests {
         }
     }
 
-    /// Checks that `t` is empty (no entry, no tombstone, every tag EMPTY, no key of `keys`),
+    /// Checks that `t` is empty (no entry, no overflow count, every tag EMPTY, no key of `keys`),
     /// then that it takes `keys[from..]` and finds exactly those, each written whole.
     fn check_empty_and_reusable(t: &mut Table<u32>, keys: &[KeyHash], from: usize) {
         assert_eq!(t.occupied(), 0);
@@ -1403,6 +1397,21 @@ mod tests {
 
     /// Checks that `r` holds exactly the live keys of `old`'s (as `filled` made them), where
     /// `moved` says, with their words, fingerprints and values.
+    /// The overflow counts `t` should have, worked out from scratch: for every entry, one in
+    /// each group its path runs through before its own.
+    fn counted_overflow<V>(t: &Table<V>) -> Vec<u8> {
+        let mut counts = vec![0u8; t.groups];
+        for i in (0..t.capacity()).filter(|&i| t.is_occupied(i)) {
+            let s = t.slot(i);
+            let mut g = KeyHash { hi: s.hi, lo: s.lo }.home(t.groups);
+            while g != i / GROUP {
+                counts[g] += 1;
+                g = (g + 1) % t.groups;
+            }
+        }
+        counts
+    }
+
     fn check_rebuilt(old: &Table<u32>, r: &Rebuilt<u32>, keys: &[KeyHash]) {
         let mut live = 0;
         for (i, h) in keys.iter().enumerate() {
@@ -1421,6 +1430,7 @@ mod tests {
             assert_eq!(r.table.value(at).as_deref(), Some(&(i as u32)));
         }
         assert_eq!(r.table.occupied(), live);
+        assert_eq!(counted_overflow(&r.table), &r.table.overflow[..]);
         assert_eq!(r.ttl_expiries, 0);
         assert_eq!(r.lease_expiries as usize, keys.len().div_ceil(5));
     }
