@@ -50,6 +50,17 @@ impl<V> ShardCell<V> {
             }
         }
     }
+
+    /// Lets go of the shard's lock, then does the chores an operation left (memory to make,
+    /// free or give to `pool`), which never run under the lock.
+    #[inline]
+    pub(crate) fn unlock(&self, mut locked: WriteGuard<'_, Shard<V>>, pool: &Pool<V>) {
+        if locked.has_chores() {
+            let chores = locked.take_chores();
+            drop(locked);
+            chores.run(self, pool);
+        }
+    }
 }
 
 /// Counters changed only under the write lock.
@@ -793,9 +804,7 @@ mod tests {
     fn claim_in(cell: &ShardCell<()>, id: u128, pool: &Pool<()>) -> Outcome<()> {
         let mut shard = cell.lock.write();
         let outcome = shard.claim(cell, &hash_id(1, id), 0, 1, LEASE_FROM_0);
-        let chores = shard.take_chores();
-        drop(shard);
-        chores.run(cell, pool);
+        cell.unlock(shard, pool);
         outcome
     }
 
@@ -875,9 +884,7 @@ mod tests {
         assert_eq!(s.expire(&c, 40_000, usize::MAX), id as usize);
         assert!(s.spare.is_none(), "the spare is given back");
         assert!(!s.table.near_rebuild());
-        let chores = s.take_chores();
-        drop(s);
-        chores.run(&c, &pool);
+        c.unlock(s, &pool);
         let kept: Vec<usize> = pool.tables.read().iter().map(Table::capacity).collect();
         assert_eq!(kept, [spare], "to the pool");
         // Climbing back orders a spare again, which comes from the pool.
@@ -937,9 +944,7 @@ mod tests {
         let mut s = a.lock.write();
         let kept_capacity = s.table.capacity();
         s.rebuild(&a, 1);
-        let chores = s.take_chores();
-        drop(s);
-        chores.run(&a, &pool);
+        a.unlock(s, &pool);
         assert_eq!(pool.tables.read().len(), 1);
         assert_eq!(pool.heap_bytes(), pool.tables.read()[0].heap_bytes());
         // Shard `b` grows to its spare point: its spare is that table, emptied.

@@ -669,14 +669,8 @@ impl<V> Store<V> {
             nanos: lease_nanos,
         };
         let outcome = locked.claim(cell, &h, fp, now, lease);
-        if locked.has_chores() {
-            // Rare (twice per rebuild): memory to make or free, never under the lock.
-            let chores = locked.take_chores();
-            drop(locked);
-            chores.run(cell, &inner.pool);
-        } else {
-            drop(locked);
-        }
+        // Chores are rare (twice per rebuild): memory to make or free, never under the lock.
+        cell.unlock(locked, &inner.pool);
         Ok(match outcome {
             Outcome::Acquired {
                 token,
@@ -873,12 +867,8 @@ impl<V> Inner<V> {
                     break;
                 }
                 reclaimed += shard.expire(cell, now, MAINTENANCE_CHUNK);
-                if shard.has_chores() {
-                    // A spare given back: to the pool, after the lock.
-                    let chores = shard.take_chores();
-                    drop(shard);
-                    chores.run(cell, &self.pool);
-                }
+                // A spare given back goes to the pool.
+                cell.unlock(shard, &self.pool);
             }
         }
         reclaimed

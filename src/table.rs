@@ -767,16 +767,10 @@ impl<V> Table<V> {
             }
         }
         if free == usize::MAX {
-            free = self.free_slot_past_full_path(h);
+            // Every group on the path is full: the key goes in the first free slot past it.
+            free = self.free_slot_for_new(h);
         }
         Probe::Absent(free)
-    }
-
-    /// Every group on `h`'s path was full: the key goes in the first free slot past it.
-    #[cold]
-    #[inline(never)]
-    fn free_slot_past_full_path(&self, h: &KeyHash) -> usize {
-        self.free_slot_for_new(h)
     }
 
     /// The slot of `h`, if present.
@@ -997,8 +991,10 @@ impl<V> Table<V> {
     }
 
     /// The first empty slot on `h`'s probe path, for a key known to be absent: no tags to
-    /// compare, no hashes to read.
-    #[inline]
+    /// compare, no hashes to read. Rare: a probe whose path was all full groups, an entry a
+    /// rebuild's half could not place.
+    #[cold]
+    #[inline(never)]
     fn free_slot_for_new(&self, h: &KeyHash) -> usize {
         let mut g = h.home(self.groups);
         loop {
