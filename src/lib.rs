@@ -76,7 +76,13 @@
 //! An entry's one wheel record is filed at the soonest deadline the entry can reach (for an
 //! in-flight entry, the earlier of its lease deadline and now + ttl) and refiled lazily when it
 //! comes due early, so memory is reclaimed within one maintenance pass (or the next claims on the
-//! shard) after the deadline. Two exceptions reclaim later, by at most the lease: an entry whose
+//! shard) after the deadline. A record that comes due to find its entry completed with more
+//! than 4 s of window left waits instead in the shard's ttl queue: a store has one ttl and a
+//! shard's clock never runs back, so these deadlines arrive in order, and a 24 h entry is read
+//! once more, when it expires, instead of once per wheel level on the way down. Claims reclaim
+//! queued entries a run of consecutive deadlines at a time, up to 64 ms late under load (up to
+//! ttl / 128 when a shard's completions are rare); maintenance passes and a full shard reclaim
+//! them at their deadlines. Two exceptions reclaim later, by at most the lease: an entry whose
 //! lease was shortened with [`Guard::extend`], and a released entry reused by a new claim; a
 //! full shard sweeps them before it refuses a key, so they never cost a refusal.
 //!
@@ -105,7 +111,7 @@
 //!
 //! A window of `W` seconds at `R` new keys per second holds `R·W` live keys: 1 M keys/s for 24 h
 //! is 86.4 billion keys, about 1.4 TB of bare 16-byte hashes — beyond one machine. A dedup-only
-//! entry (`V = ()`) costs a 24-byte slot, a tag byte and a 4-byte wheel record, at a table load
+//! entry (`V = ()`) costs a 24-byte slot, a tag byte and a 4-byte expiry record, at a table load
 //! between about 0.6 and 0.9: see the README for measured bytes per live entry. [`Store::stats`] says
 //! what the store holds.
 //!
@@ -171,6 +177,7 @@ mod key;
 // Table memory; under loom the tables use boxed arrays instead (see `table.rs`).
 #[cfg(not(idemstore_loom))]
 mod pages;
+mod queue;
 mod shard;
 mod state;
 mod stats;

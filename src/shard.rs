@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::key::KeyHash;
+use crate::queue::TtlQueue;
 use crate::state::{Phase, Word};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Event, Ordering, RwLock, WriteGuard};
 use crate::table::{spare_margin, Help, Probe, Rebuilt, Spare, Table, Whereabouts, MIN_CAPACITY};
@@ -10,6 +11,11 @@ use crate::wheel::Wheel;
 
 /// How many due records ahead expiry prefetches the entry of.
 const EXPIRY_PREFETCH: usize = 8;
+
+/// A completed entry whose record comes due further than this (ms) before its window ends
+/// waits in the ttl queue instead of the wheel, whose levels it would go down one by one (from
+/// 4 s on a record is two levels up).
+const QUEUE_AFTER: u64 = 1 << 12;
 
 /// Expiry records a claim may process before its own work: bounds the latency expiry adds.
 pub(crate) const CLAIM_EXPIRY_BUDGET: usize = 8;
@@ -82,6 +88,8 @@ pub(crate) struct Counts {
 pub(crate) struct Shard<V> {
     pub(crate) table: Table<V>,
     pub(crate) wheel: Wheel,
+    /// The records of completed entries far from their deadlines (see [`QUEUE_AFTER`]).
+    pub(crate) queue: TtlQueue,
     /// The next fencing token: strictly increasing per shard, hence per key, across lives.
     next_token: u64,
     /// The most entries this shard may hold.
@@ -308,6 +316,7 @@ impl<V> ShardCell<V> {
             lock: RwLock::new(Shard {
                 table,
                 wheel: Wheel::new(now),
+                queue: TtlQueue::new(ttl),
                 next_token: 1,
                 bound,
                 ttl,
@@ -367,10 +376,16 @@ impl<V> Shard<V> {
         // The claim never makes the wheel due at `now` (its record is later), so testing
         // first is the same as testing after; the common case, nothing due, then hands the
         // outcome straight back instead of keeping it across the expiry call.
-        if !self.wheel.is_due(now) {
+        if !self.is_due(now) {
             return self.claim_key(cell, h, fingerprint, now, lease);
         }
         self.claim_then_expire(cell, h, fingerprint, now, lease)
+    }
+
+    /// Whether [`Shard::expire`] at `now` would find a record to look at.
+    #[inline]
+    pub(crate) fn is_due(&self, now: u64) -> bool {
+        self.wheel.is_due(now) || self.queue.due_at() <= now
     }
 
     /// A claim, then bounded expiry work: after the claim's own, so the claim sees its key's
@@ -520,6 +535,8 @@ impl<V> Shard<V> {
     fn make_room(&mut self, cell: &ShardCell<V>, h: &KeyHash, now: u64) -> Option<usize> {
         if self.table.occupied() >= self.bound {
             self.expire(cell, now, usize::MAX);
+            // Also the queued entries whose chunk of the queue is not wholly due.
+            self.expire_queue_near(cell, now, usize::MAX);
             if self.table.occupied() >= self.bound
                 && (cell.vacant.load(Ordering::Relaxed) > 0
                     || cell.shortened.load(Ordering::Relaxed))
@@ -642,6 +659,7 @@ impl<V> Shard<V> {
         if cell.shortened.load(Ordering::Relaxed) {
             // Some record sits later than its entry's deadline: file every record afresh.
             self.wheel.clear();
+            self.queue.clear();
             for i in 0..self.table.capacity() {
                 if self.table.is_occupied(i) {
                     let at = self.record_time(self.table.word(i), now);
@@ -650,6 +668,7 @@ impl<V> Shard<V> {
             }
         } else {
             self.wheel.remap(&moved);
+            self.queue.remap(&moved);
         }
         // The old table (with the values of dropped entries, whose `Drop` is user code) goes
         // only once the wheel follows the new one, and only after the lock is released.
@@ -667,45 +686,116 @@ impl<V> Shard<V> {
     /// Reclaims entries whose wheel records are due at `now`, handling at most `budget`
     /// records. Returns the number of entries reclaimed.
     pub(crate) fn expire(&mut self, cell: &ShardCell<V>, now: u64, budget: usize) -> usize {
+        let mut handled = 0;
         let mut reclaimed = 0;
-        for _ in 0..budget {
+        while handled < budget {
             let Some(idx) = self.wheel.pop(now) else {
                 break;
             };
+            handled += 1;
             // Due records come in bulk (a whole wheel slot at a time) and each needs its
             // entry's word, a random access: fetch the entries of the next ones while this one
             // is handled, so their misses overlap instead of following one another.
             if let Some(ahead) = self.wheel.due_ahead(EXPIRY_PREFETCH) {
                 self.table.prefetch_slot(ahead as usize);
             }
-            let i = idx as usize;
-            if !self.table.is_occupied(i) {
-                continue;
+            reclaimed += usize::from(self.look_at(cell, idx, now));
+        }
+        while handled < budget {
+            let Some(idx) = self.queue.pop(now) else {
+                break;
+            };
+            handled += 1;
+            if let Some(ahead) = self.queue.ahead(EXPIRY_PREFETCH) {
+                self.table.prefetch_slot(ahead as usize);
             }
-            let w = self.table.word(i);
-            match w.phase() {
-                Phase::Vacant => {
-                    cell.vacant.fetch_sub(1, Ordering::Relaxed);
-                }
-                _ if w.deadline() <= now => {
-                    if w.phase() == Phase::InFlight {
-                        self.counts.lease_expiries += 1;
-                    } else {
-                        self.counts.ttl_expiries += 1;
-                    }
-                }
-                _ => {
-                    self.wheel.insert(self.record_time(w, now), idx);
-                    continue;
-                }
-            }
-            self.table.remove(i);
-            reclaimed += 1;
+            reclaimed += usize::from(self.look_at(cell, idx, now));
         }
         if reclaimed > 0 && self.spare.is_some() {
             self.return_spare_if_unneeded();
         }
         reclaimed
+    }
+
+    /// Whether [`Shard::expire_queue_near`] at `now` would find a record to look at.
+    pub(crate) fn has_queued_near(&self, now: u64) -> bool {
+        self.queue.is_near(now)
+    }
+
+    /// Reclaims entries whose queued records are due at `now` though the rest of their chunk
+    /// of the ttl queue is not, filing the chunk's records not yet due in the wheel at their
+    /// exact deadlines (see [`TtlQueue::pop_near`]), at most `budget` records. For where the
+    /// ttl queue's lateness matters: at the capacity bound, and in maintenance passes.
+    pub(crate) fn expire_queue_near(
+        &mut self,
+        cell: &ShardCell<V>,
+        now: u64,
+        budget: usize,
+    ) -> usize {
+        let mut reclaimed = 0;
+        for _ in 0..budget {
+            let Some(idx) = self.queue.pop_near(now) else {
+                break;
+            };
+            if let Some(ahead) = self.queue.ahead(EXPIRY_PREFETCH) {
+                self.table.prefetch_slot(ahead as usize);
+            }
+            reclaimed += usize::from(self.look_at(cell, idx, now));
+        }
+        if reclaimed > 0 && self.spare.is_some() {
+            self.return_spare_if_unneeded();
+        }
+        reclaimed
+    }
+
+    /// Looks at the entry of record `idx`, taken from the wheel or the ttl queue at `now`:
+    /// reclaims it if it was released or its deadline has passed, files the record again
+    /// otherwise. Returns whether it reclaimed the entry.
+    #[inline]
+    fn look_at(&mut self, cell: &ShardCell<V>, idx: u32, now: u64) -> bool {
+        let i = idx as usize;
+        if !self.table.is_occupied(i) {
+            return false;
+        }
+        let w = self.table.word(i);
+        match w.phase() {
+            Phase::Vacant => {
+                cell.vacant.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ if w.deadline() <= now => {
+                if w.phase() == Phase::InFlight {
+                    self.counts.lease_expiries += 1;
+                } else {
+                    self.counts.ttl_expiries += 1;
+                }
+            }
+            _ => {
+                self.file_again(idx, w, now);
+                return false;
+            }
+        }
+        self.table.remove(i);
+        true
+    }
+
+    /// Files the record `idx` of a live entry with word `w` again: in the ttl queue if the
+    /// entry completed, its window ends more than [`QUEUE_AFTER`] from `now` and the queue
+    /// takes it (marking the word queued, so that the queue can tell this life from a later
+    /// one), else in the wheel.
+    #[inline]
+    fn file_again(&mut self, idx: u32, w: Word, now: u64) {
+        if w.phase() == Phase::Completed
+            && !w.queued()
+            && w.deadline() - now > QUEUE_AFTER
+            && self.queue.push(idx, w.deadline())
+        {
+            self.table
+                .slot(idx as usize)
+                .word
+                .store_exclusive(w.mark_queued());
+        } else {
+            self.wheel.insert(self.record_time(w, now), idx);
+        }
     }
 
     /// Gives back the spare table of a shard that no longer nears its rebuild point: its
@@ -806,6 +896,154 @@ mod tests {
         let outcome = shard.claim(cell, &hash_id(1, id), 0, 1, LEASE_FROM_0);
         cell.unlock(shard, pool);
         outcome
+    }
+
+    const DAY: u64 = 86_400_000;
+
+    /// Claims `id` at `now` ms with a 30 s lease and completes it at once (a day's window), as
+    /// a store would, running the claim's expiry work. Returns the completed entry's deadline.
+    fn claim_complete(cell: &ShardCell<()>, id: u128, now: u64) -> u64 {
+        let h = hash_id(1, id);
+        let lease = Lease {
+            from_nanos: now * 1_000_000,
+            nanos: 30_000_000_000,
+        };
+        let mut s = cell.lock.write();
+        let Outcome::Acquired { word, .. } = s.claim(cell, &h, 0, now, lease) else {
+            panic!("key {id} is new");
+        };
+        let done = word.with(Phase::Completed, now + DAY);
+        assert!(s.complete(&h, word, done, None).is_ok());
+        now + DAY
+    }
+
+    /// Records in the wheel and in the ttl queue.
+    fn records(cell: &ShardCell<()>) -> (usize, usize) {
+        let s = cell.lock.read();
+        (s.wheel.len(), s.queue.len())
+    }
+
+    #[test]
+    fn completed_entries_wait_in_the_ttl_queue_and_expire_at_their_deadlines() {
+        let c = cell(1024);
+        // 200 keys, one every 10 ms; their lease records come due 30 s on, and find them
+        // completed with a day to go: the records move to the ttl queue, none is left in the
+        // wheel, and every word is marked.
+        let deadlines: Vec<u64> = (0..200)
+            .map(|k| claim_complete(&c, k, 1 + k as u64 * 10))
+            .collect();
+        {
+            let mut s = c.lock.write();
+            assert_eq!(s.expire(&c, 40_000, usize::MAX), 0);
+            assert_eq!((s.wheel.len(), s.queue.len()), (0, 200));
+            for k in 0..200 {
+                let i = s.table.find(&hash_id(1, k)).expect("held");
+                assert!(s.table.word(i).queued(), "key {k}");
+            }
+        }
+        // Maintenance-style passes reclaim exactly the keys whose windows ended, whatever the
+        // queue's chunks: at each deadline, that key and not the next.
+        for (k, &d) in deadlines.iter().enumerate() {
+            let mut s = c.lock.write();
+            assert_eq!(
+                s.expire(&c, d - 1, usize::MAX) + s.expire_queue_near(&c, d - 1, usize::MAX),
+                0,
+                "before key {k}'s deadline"
+            );
+            let reclaimed = s.expire(&c, d, usize::MAX) + s.expire_queue_near(&c, d, usize::MAX);
+            assert_eq!(reclaimed, 1, "key {k} at its deadline");
+            assert_eq!(s.table.occupied(), 199 - k);
+            assert_eq!(
+                s.wheel.len() + s.queue.len(),
+                199 - k,
+                "one record per entry"
+            );
+        }
+        assert_eq!(c.lock.read().counts.ttl_expiries, 200);
+    }
+
+    #[test]
+    fn claims_reclaim_queued_entries_a_chunk_at_a_time() {
+        let c = cell(1024);
+        let deadlines: Vec<u64> = (0..100)
+            .map(|k| claim_complete(&c, k, 1 + k as u64 * 10))
+            .collect();
+        c.lock.write().expire(&c, 40_000, usize::MAX);
+        assert_eq!(records(&c), (0, 100));
+        // The claim path takes the queue's first chunk (64 records) once all of it is due, and
+        // its budget of records per claim.
+        let mut s = c.lock.write();
+        assert!(!s.is_due(deadlines[62]));
+        assert!(s.is_due(deadlines[63]));
+        let mut reclaimed = 0;
+        while s.is_due(deadlines[63]) {
+            reclaimed += s.expire(&c, deadlines[63], CLAIM_EXPIRY_BUDGET);
+        }
+        assert_eq!(reclaimed, 64);
+        assert_eq!(s.table.occupied(), 36);
+    }
+
+    #[test]
+    fn a_key_claimed_again_while_its_old_record_is_queued_keeps_its_new_life() {
+        let c = cell(1024);
+        let d = claim_complete(&c, 7, 1);
+        for k in 100..110 {
+            claim_complete(&c, k, 2 + k as u64);
+        }
+        c.lock.write().expire(&c, 40_000, usize::MAX);
+        assert_eq!(records(&c), (0, 11));
+        // Key 7's window ends; it is claimed again before any expiry work: the slot is reused
+        // in place for the new life (in flight, lease to d + 30 s), its record still queued.
+        {
+            let mut s = c.lock.write();
+            let lease = Lease {
+                from_nanos: d * 1_000_000,
+                nanos: 30_000_000_000,
+            };
+            let h = hash_id(1, 7);
+            let Outcome::Acquired { word, takeover, .. } = s.claim_key(&c, &h, 0, d, lease) else {
+                panic!("the window ended");
+            };
+            assert!(!takeover && !word.queued());
+        }
+        // Once the others' windows end, the queue hands out the chunk; key 7's word is not the
+        // queued life's, so its record goes to the wheel at the new lease deadline and the
+        // entry stays.
+        let mut s = c.lock.write();
+        let others_end = d + 110;
+        assert!(!s.is_due(others_end - 1));
+        assert_eq!(s.expire(&c, others_end, usize::MAX), 10);
+        assert!(s.table.find(&hash_id(1, 7)).is_some());
+        assert_eq!((s.wheel.len(), s.queue.len()), (1, 0));
+        // The new lease runs out: reclaimed as a lease expiry.
+        assert_eq!(s.expire(&c, d + 30_000, usize::MAX), 1);
+        assert!(s.table.find(&hash_id(1, 7)).is_none());
+        assert_eq!(s.counts.lease_expiries, 1);
+    }
+
+    #[test]
+    fn a_rebuild_takes_the_queued_records_along() {
+        let c = cell(MIN_CAPACITY);
+        let deadlines: Vec<u64> = (0..50)
+            .map(|k| claim_complete(&c, k, 1 + k as u64))
+            .collect();
+        c.lock.write().expire(&c, 40_000, usize::MAX);
+        assert_eq!(records(&c), (0, 50));
+        // New keys grow the table (rebuilds move the entries); the queue follows them.
+        let rebuilds = c.lock.read().rebuilds;
+        let mut id = 1_000;
+        while c.lock.read().rebuilds < rebuilds + 2 {
+            claim_complete(&c, id, 40_000);
+            id += 1;
+        }
+        let mut s = c.lock.write();
+        let last = *deadlines.last().unwrap();
+        let reclaimed = s.expire(&c, last, usize::MAX) + s.expire_queue_near(&c, last, usize::MAX);
+        assert_eq!(reclaimed, 50, "every queued entry, found in its new slot");
+        for k in 0..50 {
+            assert!(s.table.find(&hash_id(1, k)).is_none());
+        }
+        assert_eq!(s.table.occupied(), (id - 1_000) as usize);
     }
 
     #[test]

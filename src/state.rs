@@ -18,6 +18,8 @@
 //!  bit 63..62  phase   00 Vacant (released; garbage until reclaimed or reused)
 //!                      01 InFlight (owned; deadline = end of lease)
 //!                      10 Completed (deadline = end of the dedup window)
+//!                      11 Completed, and this life's expiry record waits in the shard's ttl
+//!                         queue (see `queue`); every reader but expiry sees 10
 //!  bit 61..44  token   the low 18 bits of the fencing token of the last acquisition
 //!  bit 43..0   deadline in ms since the clock's origin (2^44 ms = 557 years)
 //! ```
@@ -77,6 +79,20 @@ impl Word {
             1 => Phase::InFlight,
             _ => Phase::Completed,
         }
+    }
+
+    /// Whether this is a completed life whose expiry record the shard put in its ttl queue.
+    /// A later life of the key (a claim after the window) starts from a fresh word, unmarked.
+    #[inline]
+    pub(crate) const fn queued(self) -> bool {
+        self.0 >> PHASE_SHIFT == 3
+    }
+
+    /// This completed word, marked [`Word::queued`].
+    #[inline]
+    pub(crate) const fn mark_queued(self) -> Self {
+        debug_assert!(matches!(self.phase(), Phase::Completed));
+        Self(self.0 | (3 << PHASE_SHIFT))
     }
 
     #[inline]
@@ -152,6 +168,25 @@ mod tests {
             assert_eq!(w.token_bits(), 0x3_FFFF);
             assert_eq!(w.deadline(), 123_456);
         }
+    }
+
+    #[test]
+    fn a_queued_word_reads_as_the_completed_word_it_marks() {
+        let w = Word::new(Phase::Completed, 0x2_0001, 86_400_123);
+        assert!(!w.queued());
+        let q = w.mark_queued();
+        assert!(q.queued());
+        assert_ne!(q, w);
+        assert_eq!(q.phase(), Phase::Completed);
+        assert_eq!(q.token_bits(), w.token_bits());
+        assert_eq!(q.deadline(), w.deadline());
+        assert_eq!(q.is_live(86_400_122), w.is_live(86_400_122));
+        assert!(!q.is_live(86_400_123));
+        for phase in [Phase::Vacant, Phase::InFlight, Phase::Completed] {
+            assert!(!Word::new(phase, 7, 9).queued());
+        }
+        // A later life builds its word afresh: unmarked.
+        assert!(!q.with(Phase::InFlight, 90_000_000).queued());
     }
 
     #[test]

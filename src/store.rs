@@ -846,6 +846,7 @@ impl<V> Inner<V> {
             s.entries += shard.table.occupied();
             s.memory_bytes += shard.table.heap_bytes()
                 + shard.wheel.heap_bytes()
+                + shard.queue.heap_bytes()
                 + shard.spare.as_ref().map_or(0, Spare::heap_bytes);
             if stores_values::<V>() {
                 // Each completed entry's value sits in its own Arc allocation.
@@ -863,10 +864,15 @@ impl<V> Inner<V> {
             loop {
                 let mut shard = cell.lock.write();
                 let now = floor_ms(shard.advance_time(self.clock.now_nanos()));
-                if !shard.wheel.is_due(now) {
+                if shard.is_due(now) {
+                    reclaimed += shard.expire(cell, now, MAINTENANCE_CHUNK);
+                } else if shard.has_queued_near(now) {
+                    // Maintenance reclaims every entry due, also those in a chunk of the ttl
+                    // queue that is not wholly due yet.
+                    reclaimed += shard.expire_queue_near(cell, now, MAINTENANCE_CHUNK);
+                } else {
                     break;
                 }
-                reclaimed += shard.expire(cell, now, MAINTENANCE_CHUNK);
                 // A spare given back goes to the pool.
                 cell.unlock(shard, &self.pool);
             }

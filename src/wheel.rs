@@ -10,8 +10,9 @@
 //!   is reclaimed; if not, the record is filed again at the true deadline. Filing again from a
 //!   higher level into a lower one is the cascade, so each record costs O(levels) in all.
 //!
-//! The shard keeps exactly one record per occupied slot (rebuilding the wheel when the table is
-//! rebuilt), so the wheel holds as many records as the table holds entries.
+//! The shard keeps exactly one record per occupied slot (following the entries when the table is
+//! rebuilt), here or, for a completed entry whose window ends far ahead, in the shard's ttl queue
+//! (see `queue`): the wheel and the queue hold as many records as the table holds entries.
 
 const LEVELS: usize = 6;
 const SLOT_BITS: u32 = 6;
@@ -27,8 +28,12 @@ pub(crate) struct Wheel {
     /// The earliest tick at which a slot may come due (a lower bound; `u64::MAX` if none).
     next_at: u64,
     levels: Box<[Level]>,
-    /// Records whose time has come, waiting for the shard to check them.
+    /// Records whose time has come, waiting for the shard to check them, handed out in the
+    /// order they were filed: for a slot's records that is about the order of their
+    /// deadlines, which the shard's ttl queue (see `queue`) relies on to take them in.
     due: Vec<u32>,
+    /// How many records of `due` were handed out.
+    due_next: usize,
     records: usize,
     /// New records, filed into their slots in batches. Filing one means following three
     /// pointers (level, slot vector, its tail) that the table's random traffic keeps pushing out
@@ -60,6 +65,7 @@ impl Wheel {
                 })
                 .collect(),
             due: Vec::new(),
+            due_next: 0,
             records: 0,
             staged_when: [0; STAGE],
             staged_idx: [0; STAGE],
@@ -102,7 +108,14 @@ impl Wheel {
             }
             let run = &self.staged_idx[k..end];
             match place {
-                None => self.due.extend_from_slice(run),
+                None => {
+                    if self.due_next == self.due.len() {
+                        // All handed out: start the buffer over rather than grow it.
+                        self.due.clear();
+                        self.due_next = 0;
+                    }
+                    self.due.extend_from_slice(run);
+                }
                 Some((level, slot)) => {
                     let lvl = &mut self.levels[level];
                     let records = &mut lvl.slots[slot];
@@ -134,15 +147,14 @@ impl Wheel {
     /// Whether `pop` at `now` could return a record: a cheap test for the claim path.
     #[inline]
     pub(crate) fn is_due(&self, now: u64) -> bool {
-        !self.due.is_empty() || self.next_at <= now
+        self.due_next < self.due.len() || self.next_at <= now
     }
 
     /// The record `k` places after the next one [`Wheel::pop`] hands back from the records
     /// already due, if there are that many: expiry prefetches its entry.
     #[inline]
     pub(crate) fn due_ahead(&self, k: usize) -> Option<u32> {
-        let j = self.due.len().checked_sub(k + 1)?;
-        Some(self.due[j])
+        self.due.get(self.due_next + k).copied()
     }
 
     /// Hands back the next record whose slot time is at or before `now`, or `None`. The caller
@@ -152,7 +164,8 @@ impl Wheel {
             self.file_staged();
         }
         loop {
-            if let Some(idx) = self.due.pop() {
+            if let Some(&idx) = self.due.get(self.due_next) {
+                self.due_next += 1;
                 self.records -= 1;
                 return Some(idx);
             }
@@ -164,9 +177,11 @@ impl Wheel {
                     self.elapsed = deadline;
                     let lvl = &mut self.levels[level];
                     lvl.occupied &= !(1 << slot);
-                    // `due` is empty here. Take the slot's vector whole and leave the slot
-                    // with none: an emptied slot must not keep a large buffer alive.
+                    // Every record of `due` was handed out. Take the slot's vector whole and
+                    // leave the slot with none: an emptied slot must not keep a large buffer
+                    // alive.
                     self.due = std::mem::take(&mut lvl.slots[slot]);
+                    self.due_next = 0;
                 }
                 Some((_, _, deadline)) => {
                     self.elapsed = self.elapsed.max(now);
@@ -191,6 +206,7 @@ impl Wheel {
             }
         }
         self.due = Vec::new();
+        self.due_next = 0;
         self.records = 0;
         self.staged = 0;
         self.next_at = u64::MAX;
@@ -218,6 +234,8 @@ impl Wheel {
                 records += list.len();
             }
         }
+        self.due.drain(..self.due_next);
+        self.due_next = 0;
         self.due.retain_mut(follow);
         let mut kept = 0;
         for k in 0..self.staged {
@@ -371,6 +389,22 @@ mod tests {
         assert_eq!(w.len(), 1, "the record was filed again");
         assert!(fire(&mut w, 86_399_999, &deadlines).is_empty());
         assert_eq!(fire(&mut w, 86_400_000, &deadlines), vec![0]);
+    }
+
+    #[test]
+    fn a_slots_records_come_out_in_the_order_they_were_filed() {
+        // 100 records of one level-2 slot (4 096 ms wide, from 8 192 ms), filed in the order of
+        // their times as claims file them: the slot comes due whole at its start, and hands its
+        // records out in that order (the ttl queue takes completed entries in about the order
+        // of their deadlines).
+        let mut w = Wheel::new(0);
+        for i in 0..100u32 {
+            w.insert(8_192 + u64::from(i) * 10, i);
+        }
+        assert_eq!(w.pop(8_191), None);
+        let order: Vec<u32> = std::iter::from_fn(|| w.pop(8_192)).collect();
+        assert_eq!(order, (0..100).collect::<Vec<_>>());
+        assert_eq!(w.len(), 0);
     }
 
     #[test]

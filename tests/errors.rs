@@ -624,6 +624,32 @@ fn capacity_a_released_key_reclaimed_with_a_shorter_lease_frees_room_when_that_l
     assert_eq!(short.complete(1), Err(Error::LeaseLost));
 }
 
+/// Completed keys whose expiry records wait in a shard's ttl queue (their leases ended long
+/// before their windows do) make room at the bound the moment their windows end, though the
+/// queue's chunk that holds them is not wholly due yet; they replay until then.
+#[test]
+fn capacity_queued_keys_make_room_the_moment_their_windows_end() {
+    let (store, hand) = bounded();
+    for (value, key) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        acquire(&store, key).complete(value as u32).unwrap();
+        hand.advance(10 * MS);
+    }
+    // Past the leases: maintenance finds every key completed with 55 s to go, and queues it.
+    hand.advance(LEASE);
+    store.run_maintenance();
+    assert_full(&store, "e");
+    assert_replays(&store, "b", 1);
+    // "a"'s window ends (60 s after it completed at 0 ms); "b"'s ends 10 ms later.
+    hand.advance(TTL - LEASE - 40 * MS);
+    acquire(&store, "e").complete(4).unwrap();
+    assert_full(&store, "f");
+    assert_replays(&store, "b", 1);
+    hand.advance(10 * MS);
+    acquire(&store, "f").complete(5).unwrap();
+    assert_eq!(store.len(), CAP);
+    assert_eq!(store.stats().ttl_expiries, 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stale guards
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,299 @@
+//! The ttl queue: the expiry records of completed entries with a long way to go, in the order of
+//! their deadlines, one per shard beside its timing wheel, run under the shard's lock.
+//!
+//! Every completed entry of a store ends its window `ttl` after it completed, and a shard's
+//! clock never runs backwards, so the deadlines of a shard's completed entries arrive nearly in
+//! order. The wheel files a record by its distance: a record a day out enters at the wheel's
+//! fifth level and is filed again at every level below on its way down, each time re-reading
+//! its entry's state word, a random memory access. In this queue it waits in line instead, and
+//! its entry is read once more, when it expires: a 24 h window then costs what a 1 s one does.
+//!
+//! The queue takes a record when its entry's deadline is at least the highest deadline it took
+//! so far less [`SLACK`] (the jitter between a shard's completions, whose records come due in
+//! the wheel in the order the claims were made); the shard files any other in the wheel.
+//! Records sit in chunks of consecutive deadlines; the claim path takes a chunk's records once
+//! its latest deadline has passed, so a record is reclaimed at most a chunk's span late (about
+//! [`SLACK`] under load, up to a 128th of the window when completions are rare).
+//! Where lateness matters, at the capacity bound and in maintenance passes, the shard takes the
+//! records of every chunk that may hold one due ([`TtlQueue::pop_near`]) and files those not
+//! yet due in the wheel, at their exact deadlines.
+//!
+//! As in the wheel, a record is the `u32` slot index of its entry and the entry's word holds the
+//! truth: a word marked queued (see `state`) is the life whose record was queued; a word without
+//! the mark belongs to a later life of the key (its slot was reused after the queued deadline
+//! passed), whose record is then due at once.
+
+use std::collections::VecDeque;
+
+/// How far below the highest deadline queued so far a record may be and still be queued (ms).
+pub(crate) const SLACK: u64 = 64;
+/// A chunk spans up to [`SLACK`] ms of deadlines once it holds this many records; until then
+/// (rare completions) up to the queue's `stretch`.
+const MIN_CHUNK: u32 = 64;
+
+/// A run of consecutive records of the queue.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    /// Records left in the chunk.
+    len: u32,
+    /// The deadline of its first record: later records within [`SLACK`] of it join it.
+    first: u64,
+    /// No record of the chunk is due before this.
+    low: u64,
+    /// Every record of the chunk is due at this.
+    high: u64,
+}
+
+/// The records of a shard's completed entries in about the order of their deadlines.
+#[derive(Debug)]
+pub(crate) struct TtlQueue {
+    records: VecDeque<u32>,
+    chunks: VecDeque<Chunk>,
+    /// The highest deadline queued so far.
+    highest: u64,
+    /// The most ms of deadlines a chunk of fewer than [`MIN_CHUNK`] records spans.
+    stretch: u64,
+}
+
+impl TtlQueue {
+    /// An empty queue for a store whose window is `ttl` ms: a chunk spans at most a 128th of
+    /// it, so records are reclaimed at most that late (and 64 ms under load).
+    pub(crate) fn new(ttl: u64) -> Self {
+        Self {
+            records: VecDeque::new(),
+            chunks: VecDeque::new(),
+            highest: 0,
+            stretch: (ttl / 128).max(SLACK),
+        }
+    }
+
+    /// Records held.
+    #[cfg(all(test, not(idemstore_loom)))]
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Queues record `idx` of an entry due at `deadline`, if it is in order (within
+    /// [`SLACK`] of the highest deadline queued); `false`, and nothing changed, if not.
+    #[inline]
+    pub(crate) fn push(&mut self, idx: u32, deadline: u64) -> bool {
+        if deadline.saturating_add(SLACK) < self.highest {
+            return false;
+        }
+        self.highest = self.highest.max(deadline);
+        match self.chunks.back_mut() {
+            Some(tail)
+                if deadline
+                    <= tail.first
+                        + if tail.len < MIN_CHUNK {
+                            self.stretch
+                        } else {
+                            SLACK
+                        } =>
+            {
+                tail.len += 1;
+                tail.low = tail.low.min(deadline);
+                tail.high = tail.high.max(deadline);
+            }
+            _ => self.chunks.push_back(Chunk {
+                len: 1,
+                first: deadline,
+                low: deadline,
+                high: deadline,
+            }),
+        }
+        if self.records.len() == self.records.capacity() {
+            // A quarter more, not double: the slack is memory every queued entry pays for.
+            self.records
+                .reserve_exact((self.records.capacity() / 4).max(16));
+        }
+        self.records.push_back(idx);
+        true
+    }
+
+    /// When [`TtlQueue::pop`] next hands out a record: the time every record of the first
+    /// chunk is due (`u64::MAX` if the queue is empty).
+    #[inline]
+    pub(crate) fn due_at(&self) -> u64 {
+        self.chunks.front().map_or(u64::MAX, |c| c.high)
+    }
+
+    /// The next record, if every record of its chunk is due at `now`: each such record's
+    /// entry has reached its queued deadline, or belongs to a later life.
+    #[inline]
+    pub(crate) fn pop(&mut self, now: u64) -> Option<u32> {
+        if self.due_at() > now {
+            return None;
+        }
+        self.take_front()
+    }
+
+    /// The next record, if its chunk may hold a record due at `now`; the caller files a record
+    /// that is not yet due in the wheel. Every record due at `now` comes out this way before
+    /// `None`: chunks' `low`s only grow along the queue.
+    pub(crate) fn pop_near(&mut self, now: u64) -> Option<u32> {
+        if self.chunks.front()?.low > now {
+            return None;
+        }
+        self.take_front()
+    }
+
+    /// Whether [`TtlQueue::pop_near`] at `now` would hand out a record.
+    #[inline]
+    pub(crate) fn is_near(&self, now: u64) -> bool {
+        self.chunks.front().is_some_and(|c| c.low <= now)
+    }
+
+    fn take_front(&mut self) -> Option<u32> {
+        let front = self.chunks.front_mut()?;
+        let idx = self.records.pop_front()?;
+        front.len -= 1;
+        if front.len == 0 {
+            self.chunks.pop_front();
+        }
+        Some(idx)
+    }
+
+    /// The record `k` places after the next one to come out, for expiry to prefetch.
+    #[inline]
+    pub(crate) fn ahead(&self, k: usize) -> Option<u32> {
+        self.records.get(k).copied()
+    }
+
+    /// Points every record at its entry's new slot after a table rebuild (`moved[old]`), and
+    /// drops the records of entries the rebuild dropped (`u32::MAX`); chunks keep their order
+    /// and bounds.
+    pub(crate) fn remap(&mut self, moved: &[u32]) {
+        let mut records = VecDeque::with_capacity(self.records.len());
+        let mut chunks = VecDeque::with_capacity(self.chunks.len());
+        let mut from = self.records.iter();
+        for chunk in &self.chunks {
+            let mut kept = 0;
+            for &r in from.by_ref().take(chunk.len as usize) {
+                if let Some(&to) = moved.get(r as usize).filter(|&&to| to != u32::MAX) {
+                    records.push_back(to);
+                    kept += 1;
+                }
+            }
+            if kept > 0 {
+                chunks.push_back(Chunk {
+                    len: kept,
+                    ..*chunk
+                });
+            }
+        }
+        self.records = records;
+        self.chunks = chunks;
+    }
+
+    /// Drops every record, for a rebuild that files them afresh in the wheel.
+    pub(crate) fn clear(&mut self) {
+        self.records = VecDeque::new();
+        self.chunks = VecDeque::new();
+        self.highest = 0;
+    }
+
+    /// Heap bytes held.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.records.capacity() * std::mem::size_of::<u32>()
+            + self.chunks.capacity() * std::mem::size_of::<Chunk>()
+    }
+}
+
+#[cfg(all(test, not(idemstore_loom)))]
+mod tests {
+    use super::*;
+
+    fn drain(q: &mut TtlQueue, now: u64) -> Vec<u32> {
+        std::iter::from_fn(|| q.pop(now)).collect()
+    }
+
+    #[test]
+    fn records_in_order_come_out_in_order_once_their_chunk_is_due() {
+        let mut q = TtlQueue::new(86_400_000);
+        for i in 0..200u32 {
+            assert!(q.push(i, 1_000 + u64::from(i) * 10));
+        }
+        assert_eq!(q.len(), 200);
+        // Each chunk takes 64 records (630 ms of deadlines: a chunk of fewer than MIN_CHUNK
+        // records stretches up to a 128th of the day), then those within SLACK of its first.
+        assert_eq!(q.due_at(), 1_000 + 63 * 10);
+        assert!(drain(&mut q, 1_000 + 63 * 10 - 1).is_empty());
+        assert_eq!(drain(&mut q, 1_000 + 63 * 10), (0..64).collect::<Vec<_>>());
+        assert_eq!(q.due_at(), 1_000 + 127 * 10);
+        let rest = drain(&mut q, u64::MAX - 1);
+        assert_eq!(rest, (64..200).collect::<Vec<_>>());
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.due_at(), u64::MAX);
+        // A short window stretches chunks less: 10 ms deadlines apart, 64 ms at most.
+        let mut q = TtlQueue::new(1_000);
+        for i in 0..20u32 {
+            assert!(q.push(i, 1_000 + u64::from(i) * 10));
+        }
+        assert_eq!(q.due_at(), 1_060);
+        assert_eq!(drain(&mut q, 1_060), (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_record_too_far_behind_is_refused_and_changes_nothing() {
+        let mut q = TtlQueue::new(86_400_000);
+        assert!(q.push(1, 10_000));
+        assert!(q.push(2, 10_000 - SLACK), "within the slack");
+        assert!(!q.push(3, 10_000 - SLACK - 1));
+        assert_eq!(q.len(), 2);
+        assert_eq!(drain(&mut q, 10_000), vec![1, 2]);
+    }
+
+    #[test]
+    fn pop_near_hands_out_every_record_that_may_be_due() {
+        let mut q = TtlQueue::new(86_400_000);
+        // Two chunks: 64 records around 1 s, then records from 5 s on.
+        for i in 0..64u32 {
+            assert!(q.push(i, 1_000 + u64::from(i)));
+        }
+        for i in 64..80u32 {
+            assert!(q.push(i, 5_000 + u64::from(i)));
+        }
+        // At 1 010 ms the first chunk is not wholly due: `pop` waits, `pop_near` hands out its
+        // records (the caller files the ones not due in the wheel), not the next chunk's.
+        assert_eq!(q.pop(1_010), None);
+        let near: Vec<u32> = std::iter::from_fn(|| q.pop_near(1_010)).collect();
+        assert_eq!(near, (0..64).collect::<Vec<_>>());
+        assert_eq!(
+            q.pop_near(5_000),
+            None,
+            "the next chunk's first deadline is 5 064"
+        );
+        assert_eq!(q.pop_near(5_064), Some(64));
+    }
+
+    #[test]
+    fn remap_follows_moved_entries_and_drops_the_rest() {
+        let mut q = TtlQueue::new(86_400_000);
+        for i in 0..70u32 {
+            assert!(q.push(i, 100 + u64::from(i) * 100));
+        }
+        // Records 0..64 make the first chunk; 64..70 the next ones. Entry i moved to slot
+        // i + 1000, except the odd ones, dropped, and all of the second chunk's.
+        let moved: Vec<u32> = (0..70u32)
+            .map(|i| {
+                if i % 2 == 1 || i >= 64 {
+                    u32::MAX
+                } else {
+                    i + 1000
+                }
+            })
+            .collect();
+        q.remap(&moved);
+        assert_eq!(q.len(), 32);
+        assert_eq!(
+            drain(&mut q, u64::MAX - 1),
+            (0..64).step_by(2).map(|i| i + 1000).collect::<Vec<_>>()
+        );
+        assert_eq!(q.due_at(), u64::MAX);
+        assert!(q.push(5, 100_000), "still in order after the remap");
+        q.clear();
+        assert_eq!(q.len(), 0);
+        assert!(q.push(5, 10), "a cleared queue takes any deadline");
+    }
+}
