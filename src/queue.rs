@@ -150,6 +150,12 @@ impl TtlQueue {
         front.len -= 1;
         if front.len == 0 {
             self.chunks.pop_front();
+            if self.records.capacity() > 4 * self.records.len() + 64 {
+                // Draining (keys stopped coming): give most of the memory back, as the wheel's
+                // emptied slots do.
+                self.records.shrink_to(2 * self.records.len());
+                self.chunks.shrink_to(2 * self.chunks.len());
+            }
         }
         Some(idx)
     }
@@ -232,6 +238,27 @@ mod tests {
         }
         assert_eq!(q.due_at(), 1_060);
         assert_eq!(drain(&mut q, 1_060), (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_draining_queue_gives_its_memory_back() {
+        let mut q = TtlQueue::new(86_400_000);
+        for i in 0..10_000u32 {
+            assert!(q.push(i, 1_000 + u64::from(i)));
+        }
+        let full = q.heap_bytes();
+        assert!(full >= 40_000);
+        // Chunks of 65 records (64, then those within SLACK of the first): at 10 000 ms the
+        // chunks wholly due hold a little under 9 001 records.
+        let taken = drain(&mut q, 10_000).len();
+        assert!((8_900..=9_001).contains(&taken), "{taken}");
+        assert!(
+            q.heap_bytes() < full / 4,
+            "{} of {full} bytes kept",
+            q.heap_bytes()
+        );
+        assert_eq!(drain(&mut q, u64::MAX - 1).len(), 10_000 - taken);
+        assert!(q.heap_bytes() <= 64 * 4 + 64 * std::mem::size_of::<Chunk>());
     }
 
     #[test]

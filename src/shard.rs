@@ -12,6 +12,16 @@ use crate::wheel::Wheel;
 /// How many due records ahead expiry prefetches the entry of.
 const EXPIRY_PREFETCH: usize = 8;
 
+/// Where expiry takes due records from.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    Wheel,
+    /// The ttl queue's chunks that are wholly due ([`TtlQueue::pop`]).
+    Queue,
+    /// The ttl queue's chunks that may hold a record due ([`TtlQueue::pop_near`]).
+    QueueNear,
+}
+
 /// A completed entry whose record comes due further than this (ms) before its window ends
 /// waits in the ttl queue instead of the wheel, whose levels it would go down one by one (from
 /// 4 s on a record is two levels up).
@@ -683,34 +693,11 @@ impl<V> Shard<V> {
         cell.shortened.store(false, Ordering::Relaxed);
     }
 
-    /// Reclaims entries whose wheel records are due at `now`, handling at most `budget`
-    /// records. Returns the number of entries reclaimed.
+    /// Reclaims entries whose records are due at `now` (in the wheel, then in the ttl queue),
+    /// handling at most `budget` records. Returns the number of entries reclaimed.
     pub(crate) fn expire(&mut self, cell: &ShardCell<V>, now: u64, budget: usize) -> usize {
-        let mut handled = 0;
-        let mut reclaimed = 0;
-        while handled < budget {
-            let Some(idx) = self.wheel.pop(now) else {
-                break;
-            };
-            handled += 1;
-            // Due records come in bulk (a whole wheel slot at a time) and each needs its
-            // entry's word, a random access: fetch the entries of the next ones while this one
-            // is handled, so their misses overlap instead of following one another.
-            if let Some(ahead) = self.wheel.due_ahead(EXPIRY_PREFETCH) {
-                self.table.prefetch_slot(ahead as usize);
-            }
-            reclaimed += usize::from(self.look_at(cell, idx, now));
-        }
-        while handled < budget {
-            let Some(idx) = self.queue.pop(now) else {
-                break;
-            };
-            handled += 1;
-            if let Some(ahead) = self.queue.ahead(EXPIRY_PREFETCH) {
-                self.table.prefetch_slot(ahead as usize);
-            }
-            reclaimed += usize::from(self.look_at(cell, idx, now));
-        }
+        let (taken, mut reclaimed) = self.expire_from(cell, now, budget, Due::Wheel);
+        reclaimed += self.expire_from(cell, now, budget - taken, Due::Queue).1;
         if reclaimed > 0 && self.spare.is_some() {
             self.return_spare_if_unneeded();
         }
@@ -732,20 +719,48 @@ impl<V> Shard<V> {
         now: u64,
         budget: usize,
     ) -> usize {
-        let mut reclaimed = 0;
-        for _ in 0..budget {
-            let Some(idx) = self.queue.pop_near(now) else {
-                break;
-            };
-            if let Some(ahead) = self.queue.ahead(EXPIRY_PREFETCH) {
-                self.table.prefetch_slot(ahead as usize);
-            }
-            reclaimed += usize::from(self.look_at(cell, idx, now));
-        }
+        let reclaimed = self.expire_from(cell, now, budget, Due::QueueNear).1;
         if reclaimed > 0 && self.spare.is_some() {
             self.return_spare_if_unneeded();
         }
         reclaimed
+    }
+
+    /// Takes up to `budget` records due at `now` from `from` and looks at their entries.
+    /// Returns the records taken and the entries reclaimed.
+    #[inline]
+    fn expire_from(
+        &mut self,
+        cell: &ShardCell<V>,
+        now: u64,
+        budget: usize,
+        from: Due,
+    ) -> (usize, usize) {
+        let (mut taken, mut reclaimed) = (0, 0);
+        while taken < budget {
+            let next = match from {
+                Due::Wheel => self.wheel.pop(now),
+                Due::Queue => self.queue.pop(now),
+                Due::QueueNear => self.queue.pop_near(now),
+            };
+            let Some(idx) = next else {
+                break;
+            };
+            taken += 1;
+            // Due records come in bulk (a wheel slot or a chunk of the queue at a time) and
+            // each needs its entry's word, a random access: fetch the entries of the next ones
+            // while this one is handled, so their misses overlap instead of following one
+            // another.
+            let ahead = match from {
+                Due::Wheel => self.wheel.due_ahead(EXPIRY_PREFETCH),
+                Due::Queue | Due::QueueNear => self.queue.ahead(EXPIRY_PREFETCH),
+            };
+            if let Some(ahead) = ahead {
+                self.table.prefetch_slot(ahead as usize);
+            }
+            reclaimed += usize::from(self.look_at(cell, idx, now));
+        }
+        (taken, reclaimed)
     }
 
     /// Looks at the entry of record `idx`, taken from the wheel or the ttl queue at `now`:
