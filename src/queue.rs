@@ -9,11 +9,15 @@
 //! its entry is read once more, when it expires: a 24 h window then costs what a 1 s one does.
 //!
 //! The queue takes a record when its entry's deadline is at least the highest deadline it took
-//! so far less [`SLACK`] (the jitter between a shard's completions, whose records come due in
-//! the wheel in the order the claims were made); the shard files any other in the wheel.
+//! so far less the queue's slack, a 1024th of the window (84 s for a day; [`MIN_SLACK`] at
+//! least). The records come due in the wheel in the order the claims were made, at their lease
+//! deadlines, and the entries completed in another order, each when its work was done: the
+//! slack takes in work times that differ by up to that much, so with a day's window every
+//! record whose entry completed within the default 30 s lease (a later completion is refused).
+//! The shard files a record the queue refuses in the wheel.
 //! Records sit in chunks of consecutive deadlines; the claim path takes a chunk's records once
-//! its latest deadline has passed, so a record is reclaimed at most a chunk's span late (about
-//! [`SLACK`] under load, up to a 128th of the window when completions are rare).
+//! its latest deadline has passed, so a record is reclaimed at most two slacks late (under load),
+//! up to a 128th of the window when completions are rare: a few minutes of a day.
 //! Where lateness matters, at the capacity bound and in maintenance passes, the shard takes the
 //! records of every chunk that may hold one due ([`TtlQueue::pop_near`]) and files those not
 //! yet due in the wheel, at their exact deadlines.
@@ -25,10 +29,11 @@
 
 use std::collections::VecDeque;
 
-/// How far below the highest deadline queued so far a record may be and still be queued (ms).
-pub(crate) const SLACK: u64 = 64;
-/// A chunk spans up to [`SLACK`] ms of deadlines once it holds this many records; until then
-/// (rare completions) up to the queue's `stretch`.
+/// The least slack (ms): how far below the highest deadline queued so far a record may be and
+/// still be queued.
+pub(crate) const MIN_SLACK: u64 = 64;
+/// A chunk spans up to the slack once it holds this many records; until then (rare
+/// completions) up to the queue's `stretch`.
 const MIN_CHUNK: u32 = 64;
 
 /// A run of consecutive records of the queue.
@@ -36,7 +41,7 @@ const MIN_CHUNK: u32 = 64;
 struct Chunk {
     /// Records left in the chunk.
     len: u32,
-    /// The deadline of its first record: later records within [`SLACK`] of it join it.
+    /// The deadline of its first record: later records within the slack of it join it.
     first: u64,
     /// No record of the chunk is due before this.
     low: u64,
@@ -51,19 +56,23 @@ pub(crate) struct TtlQueue {
     chunks: VecDeque<Chunk>,
     /// The highest deadline queued so far.
     highest: u64,
+    /// How far below `highest` a deadline may be and still be queued (ms).
+    slack: u64,
     /// The most ms of deadlines a chunk of fewer than [`MIN_CHUNK`] records spans.
     stretch: u64,
 }
 
 impl TtlQueue {
-    /// An empty queue for a store whose window is `ttl` ms: a chunk spans at most a 128th of
-    /// it, so records are reclaimed at most that late (and 64 ms under load).
+    /// An empty queue for a store whose window is `ttl` ms: a slack of a 1024th of it, and
+    /// chunks that span at most a 128th of it.
     pub(crate) fn new(ttl: u64) -> Self {
+        let slack = (ttl / 1024).max(MIN_SLACK);
         Self {
             records: VecDeque::new(),
             chunks: VecDeque::new(),
             highest: 0,
-            stretch: (ttl / 128).max(SLACK),
+            slack,
+            stretch: (ttl / 128).max(slack),
         }
     }
 
@@ -73,11 +82,19 @@ impl TtlQueue {
         self.records.len()
     }
 
-    /// Queues record `idx` of an entry due at `deadline`, if it is in order (within
-    /// [`SLACK`] of the highest deadline queued); `false`, and nothing changed, if not.
+    /// Every record held, checking that the chunks account for them all.
+    #[cfg(all(test, not(idemstore_loom)))]
+    pub(crate) fn all_records(&self) -> Vec<u32> {
+        let in_chunks: usize = self.chunks.iter().map(|c| c.len as usize).sum();
+        assert_eq!(in_chunks, self.records.len());
+        self.records.iter().copied().collect()
+    }
+
+    /// Queues record `idx` of an entry due at `deadline`, if it is in order (within the
+    /// slack of the highest deadline queued); `false`, and nothing changed, if not.
     #[inline]
     pub(crate) fn push(&mut self, idx: u32, deadline: u64) -> bool {
-        if deadline.saturating_add(SLACK) < self.highest {
+        if deadline.saturating_add(self.slack) < self.highest {
             return false;
         }
         self.highest = self.highest.max(deadline);
@@ -88,7 +105,7 @@ impl TtlQueue {
                         + if tail.len < MIN_CHUNK {
                             self.stretch
                         } else {
-                            SLACK
+                            self.slack
                         } =>
             {
                 tail.len += 1;
@@ -210,70 +227,66 @@ impl TtlQueue {
 mod tests {
     use super::*;
 
+    /// A window of 65.5 s: the least slack (64 ms), chunks of fewer than 64 records span up to
+    /// 512 ms.
+    const WINDOW: u64 = 65_536;
+
     fn drain(q: &mut TtlQueue, now: u64) -> Vec<u32> {
         std::iter::from_fn(|| q.pop(now)).collect()
     }
 
     #[test]
     fn records_in_order_come_out_in_order_once_their_chunk_is_due() {
-        let mut q = TtlQueue::new(86_400_000);
+        let mut q = TtlQueue::new(WINDOW);
         for i in 0..200u32 {
             assert!(q.push(i, 1_000 + u64::from(i) * 10));
         }
         assert_eq!(q.len(), 200);
-        // Each chunk takes 64 records (630 ms of deadlines: a chunk of fewer than MIN_CHUNK
-        // records stretches up to a 128th of the day), then those within SLACK of its first.
-        assert_eq!(q.due_at(), 1_000 + 63 * 10);
-        assert!(drain(&mut q, 1_000 + 63 * 10 - 1).is_empty());
-        assert_eq!(drain(&mut q, 1_000 + 63 * 10), (0..64).collect::<Vec<_>>());
-        assert_eq!(q.due_at(), 1_000 + 127 * 10);
+        // The first chunk takes the records within 512 ms of its first (52 of them, fewer
+        // than 64, so the stretch applies, not the slack).
+        assert_eq!(q.due_at(), 1_510);
+        assert!(drain(&mut q, 1_509).is_empty());
+        assert_eq!(drain(&mut q, 1_510), (0..52).collect::<Vec<_>>());
         let rest = drain(&mut q, u64::MAX - 1);
-        assert_eq!(rest, (64..200).collect::<Vec<_>>());
+        assert_eq!(rest, (52..200).collect::<Vec<_>>());
         assert_eq!(q.len(), 0);
         assert_eq!(q.due_at(), u64::MAX);
-        // A short window stretches chunks less: 10 ms deadlines apart, 64 ms at most.
+        // A second's window stretches chunks no further than the slack: 64 ms.
         let mut q = TtlQueue::new(1_000);
         for i in 0..20u32 {
             assert!(q.push(i, 1_000 + u64::from(i) * 10));
         }
         assert_eq!(q.due_at(), 1_060);
         assert_eq!(drain(&mut q, 1_060), (0..7).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn a_draining_queue_gives_its_memory_back() {
+        // A day's window: the slack (84 s) takes in all 200, in one chunk.
         let mut q = TtlQueue::new(86_400_000);
-        for i in 0..10_000u32 {
-            assert!(q.push(i, 1_000 + u64::from(i)));
+        for i in 0..200u32 {
+            assert!(q.push(i, 1_000 + u64::from(i) * 10));
         }
-        let full = q.heap_bytes();
-        assert!(full >= 40_000);
-        // Chunks of 65 records (64, then those within SLACK of the first): at 10 000 ms the
-        // chunks wholly due hold a little under 9 001 records.
-        let taken = drain(&mut q, 10_000).len();
-        assert!((8_900..=9_001).contains(&taken), "{taken}");
-        assert!(
-            q.heap_bytes() < full / 4,
-            "{} of {full} bytes kept",
-            q.heap_bytes()
-        );
-        assert_eq!(drain(&mut q, u64::MAX - 1).len(), 10_000 - taken);
-        assert!(q.heap_bytes() <= 64 * 4 + 64 * std::mem::size_of::<Chunk>());
+        assert_eq!(q.due_at(), 2_990);
+        assert_eq!(drain(&mut q, 2_990), (0..200).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_record_too_far_behind_is_refused_and_changes_nothing() {
-        let mut q = TtlQueue::new(86_400_000);
+        let mut q = TtlQueue::new(WINDOW);
         assert!(q.push(1, 10_000));
-        assert!(q.push(2, 10_000 - SLACK), "within the slack");
-        assert!(!q.push(3, 10_000 - SLACK - 1));
+        assert!(q.push(2, 10_000 - MIN_SLACK), "within the slack");
+        assert!(!q.push(3, 10_000 - MIN_SLACK - 1));
         assert_eq!(q.len(), 2);
         assert_eq!(drain(&mut q, 10_000), vec![1, 2]);
+        // A day's slack is 84.375 s: more than the default 30 s lease, the most by which two
+        // completions can be out of the order of their claims.
+        let mut q = TtlQueue::new(86_400_000);
+        assert!(q.push(1, 90_000_000));
+        assert!(q.push(2, 90_000_000 - 84_375));
+        assert!(!q.push(3, 90_000_000 - 84_376));
+        assert_eq!(q.len(), 2);
     }
 
     #[test]
     fn pop_near_hands_out_every_record_that_may_be_due() {
-        let mut q = TtlQueue::new(86_400_000);
+        let mut q = TtlQueue::new(WINDOW);
         // Two chunks: 64 records around 1 s, then records from 5 s on.
         for i in 0..64u32 {
             assert!(q.push(i, 1_000 + u64::from(i)));
@@ -284,10 +297,12 @@ mod tests {
         // At 1 010 ms the first chunk is not wholly due: `pop` waits, `pop_near` hands out its
         // records (the caller files the ones not due in the wheel), not the next chunk's.
         assert_eq!(q.pop(1_010), None);
+        assert!(q.is_near(1_010));
         let near: Vec<u32> = std::iter::from_fn(|| q.pop_near(1_010)).collect();
         assert_eq!(near, (0..64).collect::<Vec<_>>());
+        assert!(!q.is_near(5_063));
         assert_eq!(
-            q.pop_near(5_000),
+            q.pop_near(5_063),
             None,
             "the next chunk's first deadline is 5 064"
         );
@@ -296,12 +311,12 @@ mod tests {
 
     #[test]
     fn remap_follows_moved_entries_and_drops_the_rest() {
-        let mut q = TtlQueue::new(86_400_000);
+        let mut q = TtlQueue::new(WINDOW);
         for i in 0..70u32 {
             assert!(q.push(i, 100 + u64::from(i) * 100));
         }
-        // Records 0..64 make the first chunk; 64..70 the next ones. Entry i moved to slot
-        // i + 1000, except the odd ones, dropped, and all of the second chunk's.
+        // Entry i moved to slot i + 1000, except the odd ones and those from 64 on, dropped
+        // (whole chunks among them).
         let moved: Vec<u32> = (0..70u32)
             .map(|i| {
                 if i % 2 == 1 || i >= 64 {
@@ -322,5 +337,26 @@ mod tests {
         q.clear();
         assert_eq!(q.len(), 0);
         assert!(q.push(5, 10), "a cleared queue takes any deadline");
+    }
+
+    #[test]
+    fn a_draining_queue_gives_its_memory_back() {
+        let mut q = TtlQueue::new(WINDOW);
+        for i in 0..10_000u32 {
+            assert!(q.push(i, 1_000 + u64::from(i)));
+        }
+        let full = q.heap_bytes();
+        assert!(full >= 40_000);
+        // Chunks of 65 records (64, then the one within the slack of the first): at 10 000 ms
+        // the chunks wholly due hold a little under 9 001 records.
+        let taken = drain(&mut q, 10_000).len();
+        assert!((8_900..=9_001).contains(&taken), "{taken}");
+        assert!(
+            q.heap_bytes() < full / 4,
+            "{} of {full} bytes kept",
+            q.heap_bytes()
+        );
+        assert_eq!(drain(&mut q, u64::MAX - 1).len(), 10_000 - taken);
+        assert!(q.heap_bytes() <= 64 * 4 + 64 * std::mem::size_of::<Chunk>());
     }
 }

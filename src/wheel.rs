@@ -79,6 +79,20 @@ impl Wheel {
         self.records
     }
 
+    /// Every record held: filed, due and not handed out, staged.
+    #[cfg(all(test, not(idemstore_loom)))]
+    pub(crate) fn all_records(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = self
+            .levels
+            .iter()
+            .flat_map(|l| l.slots.iter().flatten().copied())
+            .collect();
+        all.extend_from_slice(&self.due[self.due_next..]);
+        all.extend_from_slice(&self.staged_idx[..self.staged]);
+        assert_eq!(all.len(), self.records);
+        all
+    }
+
     /// Files record `idx` to come due at tick `when`.
     #[inline]
     pub(crate) fn insert(&mut self, when: u64, idx: u32) {
@@ -404,6 +418,29 @@ mod tests {
         assert_eq!(w.pop(8_191), None);
         let order: Vec<u32> = std::iter::from_fn(|| w.pop(8_192)).collect();
         assert_eq!(order, (0..100).collect::<Vec<_>>());
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn a_remap_amid_a_due_slot_keeps_the_rest_once_in_order() {
+        let mut w = Wheel::new(0);
+        for i in 0..100u32 {
+            w.insert(8_192 + u64::from(i), i);
+        }
+        let first: Vec<u32> = (0..10).map(|_| w.pop(8_192).unwrap()).collect();
+        assert_eq!(first, (0..10).collect::<Vec<_>>());
+        // A rebuild drops the odd entries and moves the rest to i + 1000.
+        let moved: Vec<u32> = (0..100u32)
+            .map(|i| if i % 2 == 1 { u32::MAX } else { i + 1000 })
+            .collect();
+        w.remap(&moved);
+        assert_eq!(w.len(), 45);
+        // Due at once: handed out after the rest.
+        w.insert(0, 7);
+        let rest: Vec<u32> = std::iter::from_fn(|| w.pop(8_192)).collect();
+        let mut want: Vec<u32> = (10..100).step_by(2).map(|i| i + 1000).collect();
+        want.push(7);
+        assert_eq!(rest, want);
         assert_eq!(w.len(), 0);
     }
 
