@@ -6,15 +6,17 @@
 //! order. The wheel files a record by its distance: a record a day out enters at the wheel's
 //! fifth level and is filed again at every level below on its way down, each time re-reading
 //! its entry's state word, a random memory access. In this queue it waits in line instead, and
-//! its entry is read once more, when it expires: a 24 h window then costs what a 1 s one does.
+//! its entry is read once more, when it expires: a 24 h window then costs about what a 1 s one
+//! does (see the README's performance section).
 //!
 //! The queue takes a record when its entry's deadline is at least the highest deadline it took
 //! so far less the queue's slack, a 1024th of the window (84 s for a day; [`MIN_SLACK`] at
 //! least). The records come due in the wheel in the order the claims were made, at their lease
 //! deadlines, and the entries completed in another order, each when its work was done: the
-//! slack takes in work times that differ by up to that much, so with a day's window every
-//! record whose entry completed within the default 30 s lease (a later completion is refused).
-//! The shard files a record the queue refuses in the wheel.
+//! slack takes in work times that differ by up to that much, so with a day's window it takes
+//! every record whose entry completed within the default 30 s lease (a later completion is
+//! refused). The shard files a record the queue refuses in the wheel.
+//!
 //! Records sit in chunks of consecutive deadlines; the claim path takes a chunk's records once
 //! its latest deadline has passed, so a record is reclaimed at most two slacks late (under load),
 //! up to a 128th of the window when completions are rare: a few minutes of a day.
