@@ -921,14 +921,19 @@ mod tests {
 
     const DAY: u64 = 86_400_000;
 
+    /// A lease of `ms` from `now` ms, as a claim at `now` asks for it.
+    fn lease_at(now: u64, ms: u64) -> Lease {
+        Lease {
+            from_nanos: now * 1_000_000,
+            nanos: ms * 1_000_000,
+        }
+    }
+
     /// Claims `id` at `now` ms with a 30 s lease and completes it at once (a day's window), as
     /// a store would, running the claim's expiry work. Returns the completed entry's deadline.
     fn claim_complete(cell: &ShardCell<()>, id: u128, now: u64) -> u64 {
         let h = hash_id(1, id);
-        let lease = Lease {
-            from_nanos: now * 1_000_000,
-            nanos: 30_000_000_000,
-        };
+        let lease = lease_at(now, 30_000);
         let mut s = cell.lock.write();
         let Outcome::Acquired { word, .. } = s.claim(cell, &h, 0, now, lease) else {
             panic!("key {id} is new");
@@ -1019,10 +1024,7 @@ mod tests {
         // in place for the new life (in flight, lease to d + 30 s), its record still queued.
         {
             let mut s = c.lock.write();
-            let lease = Lease {
-                from_nanos: d * 1_000_000,
-                nanos: 30_000_000_000,
-            };
+            let lease = lease_at(d, 30_000);
             let h = hash_id(1, 7);
             let Outcome::Acquired { word, takeover, .. } = s.claim_key(&c, &h, 0, d, lease) else {
                 panic!("the window ended");
@@ -1088,10 +1090,7 @@ mod tests {
         let mut t = 40_000;
         while s.queue.len() < 50 && t < DAY - 10_000 {
             t += 60_000;
-            let lease = Lease {
-                from_nanos: t * 1_000_000,
-                nanos: 1_000_000_000,
-            };
+            let lease = lease_at(t, 1_000);
             let id = 10_000 + u128::from(t);
             let out = s.claim(&c, &hash_id(1, id), 0, t, lease);
             assert!(matches!(out, Outcome::Acquired { .. }));
@@ -1121,10 +1120,7 @@ mod tests {
             let now = 1 + k as u64 / 2;
             let mut s = c.lock.write();
             complete_due(&mut s, &mut pending, now);
-            let lease = Lease {
-                from_nanos: now * 1_000_000,
-                nanos: 30_000_000_000,
-            };
+            let lease = lease_at(now, 30_000);
             let Outcome::Acquired { word, .. } = s.claim(&c, &hash_id(1, k), 0, now, lease) else {
                 panic!("key {k} is new");
             };
@@ -1192,10 +1188,7 @@ mod tests {
             let lease_ms = leases[rng.below(leases.len() as u64) as usize].min(max_lease);
             match op {
                 0..=44 => {
-                    let lease = Lease {
-                        from_nanos: now * 1_000_000,
-                        nanos: lease_ms * 1_000_000,
-                    };
+                    let lease = lease_at(now, lease_ms);
                     let mut s = c.lock.write();
                     s.advance_time(now * 1_000_000);
                     match s.claim(&c, &h, 0, now, lease) {
