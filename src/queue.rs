@@ -58,6 +58,9 @@ pub(crate) struct TtlQueue {
     chunks: VecDeque<Chunk>,
     /// The highest deadline queued so far.
     highest: u64,
+    /// The first chunk's `high` (`u64::MAX` if none), kept here so that the claim path's test
+    /// reads no memory outside the shard.
+    due_at: u64,
     /// How far below `highest` a deadline may be and still be queued (ms).
     slack: u64,
     /// The most ms of deadlines a chunk of fewer than [`MIN_CHUNK`] records spans.
@@ -73,6 +76,7 @@ impl TtlQueue {
             records: VecDeque::new(),
             chunks: VecDeque::new(),
             highest: 0,
+            due_at: u64::MAX,
             slack,
             stretch: (ttl / 128).max(slack),
         }
@@ -127,6 +131,9 @@ impl TtlQueue {
                 .reserve_exact((self.records.capacity() / 4).max(16));
         }
         self.records.push_back(idx);
+        if self.chunks.len() == 1 {
+            self.front_changed();
+        }
         true
     }
 
@@ -134,7 +141,12 @@ impl TtlQueue {
     /// chunk is due (`u64::MAX` if the queue is empty).
     #[inline]
     pub(crate) fn due_at(&self) -> u64 {
-        self.chunks.front().map_or(u64::MAX, |c| c.high)
+        self.due_at
+    }
+
+    /// Sets `due_at` after the first chunk changed.
+    fn front_changed(&mut self) {
+        self.due_at = self.chunks.front().map_or(u64::MAX, |c| c.high);
     }
 
     /// The next record, if every record of its chunk is due at `now`: each such record's
@@ -169,6 +181,7 @@ impl TtlQueue {
         front.len -= 1;
         if front.len == 0 {
             self.chunks.pop_front();
+            self.front_changed();
             if self.records.capacity() > 4 * self.records.len() + 64 {
                 // Draining (keys stopped coming): give most of the memory back, as the wheel's
                 // emptied slots do.
@@ -209,6 +222,7 @@ impl TtlQueue {
         }
         self.records = records;
         self.chunks = chunks;
+        self.front_changed();
     }
 
     /// Drops every record, for a rebuild that files them afresh in the wheel.
@@ -216,6 +230,7 @@ impl TtlQueue {
         self.records = VecDeque::new();
         self.chunks = VecDeque::new();
         self.highest = 0;
+        self.front_changed();
     }
 
     /// Heap bytes held.
