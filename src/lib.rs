@@ -77,14 +77,17 @@
 //! in-flight entry, the earlier of its lease deadline and now + ttl) and refiled lazily when it
 //! comes due early, so memory is reclaimed within one maintenance pass (or the next claims on the
 //! shard) after the deadline. A record that comes due to find its entry completed with more
-//! than 4 s of window left waits instead in the shard's ttl queue: a store has one ttl and a
-//! shard's clock never runs back, so these deadlines arrive in the order of the claims but for
-//! the differences between work times (taken in up to a 1024th of the window: 84 s for a day,
-//! more than the default lease), and a 24 h entry is read once more, when it expires, instead
-//! of once per wheel level on the way down. Claims reclaim queued entries a run of consecutive
-//! deadlines at a time, at most a 128th of the window late (11 minutes of a day; a 512th under
-//! load); maintenance passes and a full shard reclaim them at their deadlines. Two exceptions reclaim later, by at most the lease: an entry whose
-//! lease was shortened with [`Guard::extend`], and a released entry reused by a new claim; a
+//! than 4 s of window left waits instead in the shard's ttl queue; so does, from its
+//! completion on, the record of a claim completed soon after it was made (while the record
+//! still waits to be filed in the wheel with the next ones: at most 32 records of its shard
+//! later). A store has one ttl and a shard's clock never runs back, so these deadlines arrive in
+//! order but for the differences between work times (taken in up to a 1024th of the window:
+//! 84 s for a day, more than the default lease), and a 24 h entry is read once more, when it
+//! expires, instead of once per wheel level on the way down. Claims reclaim queued entries a
+//! run of consecutive deadlines at a time, at most a 128th of the window late (11 minutes of a
+//! day; a 512th under load); maintenance passes and a full shard reclaim them at their
+//! deadlines. Two exceptions reclaim later, by at most the lease: an entry whose lease was
+//! shortened with [`Guard::extend`], and a released entry reused by a new claim; a
 //! full shard sweeps them before it refuses a key, so they never cost a refusal.
 //!
 //! # Keys

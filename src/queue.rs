@@ -15,7 +15,10 @@
 //! deadlines, and the entries completed in another order, each when its work was done: the
 //! slack takes in work times that differ by up to that much, so with a day's window it takes
 //! every record whose entry completed within the default 30 s lease (a later completion is
-//! refused). The shard files a record the queue refuses in the wheel.
+//! refused). The shard files a record the queue refuses in the wheel. A completion that comes
+//! soon after its claim, while the claim's record is still staged in the wheel (see `wheel`),
+//! queues the record itself, at once: its deadline is then the completion time + ttl, in the
+//! order of the completions, and the entry is never read at its lease's end.
 //!
 //! Records sit in chunks of consecutive deadlines; the claim path takes a chunk's records once
 //! its latest deadline has passed, so a record is reclaimed at most two slacks late (under load),

@@ -953,7 +953,9 @@ impl<'a, V> Guard<'a, V> {
             Ok(shared) => (Some(shared), None),
             Err(unit) => (None, Some(unit)),
         };
-        if let Err(unused) = shard.complete(&this.hash, this.word, next, shared) {
+        if let Err(unused) =
+            shard.complete(&this.hash, this.word, next, shared, floor_ms(now_nanos))
+        {
             // The value's `Drop` is user code: never under the lock.
             drop(shard);
             drop(unused);
@@ -969,8 +971,9 @@ impl<'a, V> Guard<'a, V> {
                 .unit
                 .get_or_init(|| unit.take().expect("invariant: checked just above"));
         }
-        // No need to flag a shortened deadline here: the entry's wheel record was filed at the
-        // earlier of its lease deadline and (claim time + ttl), never after this deadline.
+        // No need to flag a shortened deadline here: the entry's record was filed at the
+        // earlier of its lease deadline and (claim time + ttl), never after this deadline, or
+        // just now at this deadline.
         drop(shard);
         // An instance not kept (one already was) is dropped outside the lock too.
         drop(unit);

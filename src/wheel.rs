@@ -5,7 +5,11 @@
 //! the `u32` slot index of a table entry, 4 bytes, because the entry itself holds the true
 //! deadline in its state word. That makes the wheel lazy:
 //! - a record is filed at the entry's deadline when the entry is inserted;
-//! - completing or extending an entry changes only its word (under the shard lock), not the wheel;
+//! - completing or extending an entry changes only its word (under the shard lock), not the
+//!   wheel, with one exception: new records wait in a small stage before they are filed in
+//!   batches, and a completion that finds its claim's record still there (the claim came at most
+//!   32 records ago) moves it to the window's end, or the shard hands it to its ttl queue, so
+//!   the record of a quickly completed claim never comes due at the lease's end;
 //! - when a record comes due, the shard re-reads the entry's deadline: if it has passed, the entry
 //!   is reclaimed; if not, the record is filed again at the true deadline. Filing again from a
 //!   higher level into a lower one is the cascade, so each record costs O(levels) in all.
@@ -45,6 +49,11 @@ pub(crate) struct Wheel {
 
 /// Records staged before they are filed in a batch.
 const STAGE: usize = 32;
+
+/// The place of a record among the staged ones ([`Wheel::staged`]), valid until the wheel
+/// changes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Staged(usize);
 
 #[derive(Debug)]
 struct Level {
@@ -105,6 +114,46 @@ impl Wheel {
         self.staged += 1;
         // A record is never due before its own time, which is at or after its slot's start.
         self.next_at = self.next_at.min(when);
+    }
+
+    /// Where record `idx` waits among the staged records (filed moments ago, not yet in a
+    /// slot), searching from the newest; `None` if it is not staged.
+    #[inline]
+    pub(crate) fn staged(&self, idx: u32) -> Option<Staged> {
+        self.staged_idx[..self.staged]
+            .iter()
+            .rposition(|&r| r == idx)
+            .map(Staged)
+    }
+
+    /// Moves the staged record at `at` to come due at tick `when` instead.
+    #[inline]
+    pub(crate) fn restage(&mut self, at: Staged, when: u64) {
+        self.staged_when[at.0] = when;
+        self.next_at = self.next_at.min(when);
+    }
+
+    /// Takes the staged record at `at` out of the wheel, for the caller to keep elsewhere.
+    /// The records staged after it keep their order.
+    #[inline]
+    pub(crate) fn unstage(&mut self, at: Staged) {
+        let n = self.staged;
+        if at.0 + 1 < n {
+            // Not the newest (it mostly is: a claim completed at once).
+            self.staged_idx.copy_within(at.0 + 1..n, at.0);
+            self.staged_when.copy_within(at.0 + 1..n, at.0);
+        }
+        self.staged = n - 1;
+        self.records -= 1;
+    }
+
+    /// When the first staged record is due (`u64::MAX` if none is staged).
+    fn staged_low(&self) -> u64 {
+        self.staged_when[..self.staged]
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// Files every staged record into its slot. Records staged together mostly share a slot
@@ -174,9 +223,6 @@ impl Wheel {
     /// Hands back the next record whose slot time is at or before `now`, or `None`. The caller
     /// either reclaims the entry or files the record again with [`Wheel::insert`].
     pub(crate) fn pop(&mut self, now: u64) -> Option<u32> {
-        if self.staged > 0 {
-            self.file_staged();
-        }
         loop {
             if let Some(&idx) = self.due.get(self.due_next) {
                 self.due_next += 1;
@@ -185,6 +231,16 @@ impl Wheel {
             }
             if self.next_at > now {
                 return None;
+            }
+            // Staged records stay staged until one is due, or a slot is (they may belong in it
+            // or before it): the record of a claim made just before this call (which runs the
+            // claim's expiry work) stays where its completion can find it ([`Wheel::staged`]).
+            if self.staged > 0
+                && (self.staged_low() <= now
+                    || self.next_expiration().is_some_and(|(_, _, at)| at <= now))
+            {
+                self.file_staged();
+                continue;
             }
             match self.next_expiration() {
                 Some((level, slot, deadline)) if deadline <= now => {
@@ -199,12 +255,12 @@ impl Wheel {
                 }
                 Some((_, _, deadline)) => {
                     self.elapsed = self.elapsed.max(now);
-                    self.next_at = deadline;
+                    self.next_at = deadline.min(self.staged_low());
                     return None;
                 }
                 None => {
                     self.elapsed = self.elapsed.max(now);
-                    self.next_at = u64::MAX;
+                    self.next_at = self.staged_low();
                     return None;
                 }
             }
@@ -442,6 +498,26 @@ mod tests {
         want.push(7);
         assert_eq!(rest, want);
         assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn staged_records_stay_staged_until_they_may_be_due() {
+        let mut w = Wheel::new(0);
+        w.insert(30_000, 1);
+        w.insert(30_000, 2);
+        w.insert(20_000, 3);
+        // A pop with nothing due (a claim's expiry work) leaves them staged, where their
+        // completions can find them.
+        assert_eq!(w.pop(10_000), None);
+        w.unstage(w.staged(1).expect("still staged"));
+        assert!(w.staged(1).is_none());
+        w.restage(w.staged(2).expect("still staged"), 50_000);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.pop(19_999), None);
+        assert_eq!(w.pop(20_000), Some(3));
+        assert_eq!(w.pop(30_000), None, "record 2 was moved on");
+        assert_eq!(w.pop(50_000), Some(2));
+        assert_eq!((w.pop(u64::MAX - 1), w.len()), (None, 0));
     }
 
     #[test]
