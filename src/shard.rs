@@ -881,9 +881,11 @@ impl<V> Shard<V> {
     /// access, per key. A record already filed stays where it is and is filed again when it
     /// comes due ([`Shard::file_again`]).
     ///
-    /// A window of [`QUEUE_AFTER`] or less is left alone: its claim's record was filed at most
-    /// that far ahead of it (at claim time + ttl, sooner than the lease's end), and is looked
-    /// at soon anyway.
+    /// The queue refuses no such record of a store's own (one ttl for all keys, a clock that
+    /// never runs back: each completion's deadline is the highest yet); the wheel takes one it
+    /// would. A window of [`QUEUE_AFTER`] or less is left alone: its claim's record was filed
+    /// at most that far ahead of it (at claim time + ttl, sooner than the lease's end), and is
+    /// looked at soon anyway.
     #[inline]
     fn file_completed(&mut self, idx: u32, w: Word, now: u64) {
         if w.deadline().saturating_sub(now) <= QUEUE_AFTER {
@@ -1092,6 +1094,69 @@ mod tests {
     }
 
     #[test]
+    fn a_takeover_completed_at_once_queues_the_record_still_staged_from_the_first_claim() {
+        // The first claim's record is still staged when its lease runs out (no expiry work
+        // in between); the takeover keeps that one record, and its completion queues it.
+        let c = cell(1024);
+        let h = hash_id(1, 5);
+        let mut s = c.lock.write();
+        let Outcome::Acquired { .. } = s.claim(&c, &h, 0, 1, lease_at(1, 30_000)) else {
+            panic!()
+        };
+        assert!(s.wheel.staged(s.table.find(&h).unwrap() as u32).is_some());
+        // Lease runs out with no expiry work meanwhile; a takeover at 40 000.
+        let Outcome::Acquired { word, takeover, .. } =
+            s.claim(&c, &h, 0, 40_000, lease_at(40_000, 30_000))
+        else {
+            panic!()
+        };
+        assert!(takeover);
+        assert_eq!((s.wheel.len(), s.queue.len()), (1, 0));
+        let done = word.with(Phase::Completed, 40_001 + DAY);
+        assert!(s.complete(&h, word, done, None, 40_001).is_ok());
+        assert_eq!((s.wheel.len(), s.queue.len()), (0, 1));
+        assert_eq!(
+            s.expire(&c, 40_001 + DAY - 1, usize::MAX)
+                + s.expire_queue_near(&c, 40_001 + DAY - 1, usize::MAX),
+            0
+        );
+        assert_eq!(s.expire(&c, 40_001 + DAY, usize::MAX), 1);
+        assert_eq!(s.table.occupied(), 0);
+    }
+
+    #[test]
+    fn a_released_key_claimed_again_and_completed_at_once_queues_its_staged_record() {
+        // Claimed with a 300 s lease and released; claimed again with a 1 s lease (the slot
+        // reused in place, with the first claim's staged record) and completed at once: that
+        // record goes to the queue at the new window's end, and expires there.
+        let c = cell(1024);
+        let h = hash_id(1, 5);
+        let mut s = c.lock.write();
+        let Outcome::Acquired { word, .. } = s.claim(&c, &h, 0, 1, lease_at(1, 300_000)) else {
+            panic!()
+        };
+        drop(s);
+        {
+            let r = c.lock.read();
+            assert!(r
+                .transition(&h, word, word.with(Phase::Vacant, word.deadline()))
+                .is_some());
+            c.vacant.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut s = c.lock.write();
+        let Outcome::Acquired { word, .. } = s.claim(&c, &h, 0, 2, lease_at(2, 1_000)) else {
+            panic!()
+        };
+        let done = word.with(Phase::Completed, 3 + 10_000);
+        assert!(s.complete(&h, word, done, None, 3).is_ok());
+        assert_eq!((s.wheel.len(), s.queue.len()), (0, 1));
+        assert_eq!(
+            s.expire(&c, 10_003, usize::MAX) + s.expire_queue_near(&c, 10_003, usize::MAX),
+            1
+        );
+    }
+
+    #[test]
     fn claims_reclaim_queued_entries_a_chunk_at_a_time() {
         // Keys 2 s apart: a chunk of the queue takes 64 records (up to 675 s of deadlines, a
         // 128th of the day), then only those within the slack (84 s) of its first.
@@ -1262,6 +1327,25 @@ mod tests {
         assert_eq!(records, occupied, "one record per entry: {ctx}");
     }
 
+    /// No staged record comes due after its entry's deadline could be (unless a lease was
+    /// shortened, which the shard handles with a rebuild).
+    fn check_staged(c: &ShardCell<()>, s: &Shard<()>, now: u64, ctx: &str) {
+        if c.shortened.load(Ordering::Relaxed) {
+            return;
+        }
+        for (idx, when) in s.wheel.staged_records() {
+            let w = s.table.word(idx as usize);
+            let bound = match w.phase() {
+                Phase::InFlight => w.deadline().min(now + s.ttl),
+                _ => w.deadline(),
+            };
+            assert!(
+                when <= bound,
+                "staged {idx} at {when} after {bound} ({w:?}): {ctx}"
+            );
+        }
+    }
+
     /// Entries no claim at `now` would respect: released, or past their deadlines.
     fn dead(s: &Shard<()>, now: u64) -> Vec<(usize, Word)> {
         (0..s.table.capacity())
@@ -1311,6 +1395,7 @@ mod tests {
                         _ => {}
                     }
                     check_records(&s, &ctx);
+                    check_staged(&c, &s, now, &ctx);
                     c.unlock(s, &pool);
                 }
                 45..=54 => {
@@ -1319,6 +1404,7 @@ mod tests {
                         let done = word.with(Phase::Completed, now + ttl);
                         let _ = s.complete(&h, word, done, None, now);
                         check_records(&s, &ctx);
+                        check_staged(&c, &s, now, &ctx);
                     }
                 }
                 55..=62 => {
@@ -1356,6 +1442,17 @@ mod tests {
                             s.expire_queue_near(&c, now, 1024);
                         } else {
                             check_records(&s, &ctx);
+                            // Unless a lease was shortened, the only dead entries left are
+                            // released ones whose lease has not run out (their records come
+                            // due at its end).
+                            if !c.shortened.load(Ordering::Relaxed) {
+                                for (i, w) in dead(&s, now) {
+                                    assert!(
+                                        w.phase() == Phase::Vacant && w.deadline() > now,
+                                        "dead entry {i} {w:?} left after maintenance: {ctx}"
+                                    );
+                                }
+                            }
                             // A released entry reused with a shorter lease may wait for its
                             // old record, by at most the lease (see the crate docs).
                             for (i, w) in dead(&s, now) {

@@ -29,7 +29,8 @@ const MAX_SPAN: u64 = 1 << (SLOT_BITS * LEVELS as u32);
 pub(crate) struct Wheel {
     /// The tick (ms) up to which slots have been taken.
     elapsed: u64,
-    /// The earliest tick at which a slot may come due (a lower bound; `u64::MAX` if none).
+    /// The earliest tick at which a slot or a staged record may come due (a lower bound;
+    /// `u64::MAX` if none).
     next_at: u64,
     levels: Box<[Level]>,
     /// Records whose time has come, waiting for the shard to check them, handed out in the
@@ -100,6 +101,14 @@ impl Wheel {
         all.extend_from_slice(&self.staged_idx[..self.staged]);
         assert_eq!(all.len(), self.records);
         all
+    }
+
+    /// The staged records and their times.
+    #[cfg(all(test, not(idemstore_loom)))]
+    pub(crate) fn staged_records(&self) -> Vec<(u32, u64)> {
+        (0..self.staged)
+            .map(|k| (self.staged_idx[k], self.staged_when[k]))
+            .collect()
     }
 
     /// Files record `idx` to come due at tick `when`.
@@ -235,14 +244,14 @@ impl Wheel {
             // Staged records stay staged until one is due, or a slot is (they may belong in it
             // or before it): the record of a claim made just before this call (which runs the
             // claim's expiry work) stays where its completion can find it ([`Wheel::staged`]).
+            let next = self.next_expiration();
             if self.staged > 0
-                && (self.staged_low() <= now
-                    || self.next_expiration().is_some_and(|(_, _, at)| at <= now))
+                && (self.staged_low() <= now || next.is_some_and(|(_, _, at)| at <= now))
             {
                 self.file_staged();
                 continue;
             }
-            match self.next_expiration() {
+            match next {
                 Some((level, slot, deadline)) if deadline <= now => {
                     self.elapsed = deadline;
                     let lvl = &mut self.levels[level];
