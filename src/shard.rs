@@ -800,23 +800,28 @@ impl<V> Shard<V> {
     }
 
     /// Files the record `idx` of a live entry with word `w` again: in the ttl queue if the
-    /// entry completed, its window ends more than [`QUEUE_AFTER`] from `now` and the queue
-    /// takes it (marking the word queued, so that the queue can tell this life from a later
-    /// one), else in the wheel.
+    /// entry completed and the queue takes it ([`Shard::queue_completed`]), else in the wheel.
     #[inline]
     fn file_again(&mut self, idx: u32, w: Word, now: u64) {
-        if w.phase() == Phase::Completed
-            && !w.queued()
-            && w.deadline() - now > QUEUE_AFTER
-            && self.queue.push(idx, w.deadline())
-        {
-            self.table
-                .slot(idx as usize)
-                .word
-                .store_exclusive(w.mark_queued());
-        } else {
+        if !(w.phase() == Phase::Completed && !w.queued() && self.queue_completed(idx, w, now)) {
             self.wheel.insert(self.record_time(w, now), idx);
         }
+    }
+
+    /// Puts the record `idx` of an entry completed with word `w` (not yet queued) in the ttl
+    /// queue if its window ends more than [`QUEUE_AFTER`] from `now` and the queue takes it,
+    /// and marks the word queued, so that the queue can tell this life from a later one.
+    /// `false`, and nothing changed, otherwise.
+    #[inline]
+    fn queue_completed(&mut self, idx: u32, w: Word, now: u64) -> bool {
+        if w.deadline().saturating_sub(now) <= QUEUE_AFTER || !self.queue.push(idx, w.deadline()) {
+            return false;
+        }
+        self.table
+            .slot(idx as usize)
+            .word
+            .store_exclusive(w.mark_queued());
+        true
     }
 
     /// Gives back the spare table of a shard that no longer nears its rebuild point: its
@@ -894,12 +899,8 @@ impl<V> Shard<V> {
         let Some(at) = self.wheel.staged(idx) else {
             return;
         };
-        if self.queue.push(idx, w.deadline()) {
+        if self.queue_completed(idx, w, now) {
             self.wheel.unstage(at);
-            self.table
-                .slot(idx as usize)
-                .word
-                .store_exclusive(w.mark_queued());
         } else {
             self.wheel.restage(at, w.deadline());
         }
