@@ -90,6 +90,10 @@
 //! allocated later land in the RSS figure, and the summary says so.
 //! - `dashmap`: `DashMap<u128, _, foldhash>` 6, `entry()` and `remove_if`.
 //! - `scc`: `scc::HashMap<u128, _, foldhash>` 3, `entry_sync` and `remove_if_sync`.
+//! - `none`: no structure at all. Each claim is answered from its key's counter (a key past the
+//!   thread's newest is new, any other a retry), so what is measured is the harness and the
+//!   machine: the pacing, the clock reads, the histogram, and the scheduling of the threads.
+//!   Its latency is the floor any structure's latency sits on here (see [`Floor`]).
 //! - `moka`: `moka::sync::Cache<u128, _, foldhash>` 0.12, unbounded, `entry().or_insert_with_if`
 //!   and `entry().and_compute_with` (remove if expired). Not moka's `time_to_live`: it runs on
 //!   the wall clock, so keys would not expire at the steady-state rate. Not `max_capacity`
@@ -156,6 +160,8 @@ enum Peer {
     Dashmap,
     Scc,
     Moka,
+    /// No structure at all: the harness alone (see [`Floor`]).
+    None,
 }
 
 impl Peer {
@@ -165,6 +171,7 @@ impl Peer {
             Peer::Dashmap => "dashmap",
             Peer::Scc => "scc",
             Peer::Moka => "moka",
+            Peer::None => "none",
         }
     }
 }
@@ -191,7 +198,9 @@ OPTIONS
   --seconds S       measured duration (default 15; prefill comes first and is not measured)
   --batch N         idemstore only: claim N keys per Store::claim_id_batch call
   --shards N        idemstore only: shard count (default: the builder's)
-  --peer P          run the same workload on P instead: dashmap | scc | moka
+  --peer P          run the same workload on P instead: dashmap | scc | moka; or none:
+                    no structure, the harness alone (pacing, clock reads, the histogram),
+                    the floor any structure's latency sits on here
   --json            print one JSON object on stdout at the end (no progress bar)
   --timeline        also print (or put in the JSON) each second's claims, highest latency
                     and claims over 1 ms, to see when latency spikes happen
@@ -339,7 +348,12 @@ fn parse_args() -> Result<Args, String> {
                     "dashmap" => Peer::Dashmap,
                     "scc" => Peer::Scc,
                     "moka" => Peer::Moka,
-                    p => return Err(format!("--peer must be dashmap, scc or moka, not {p:?}")),
+                    "none" => Peer::None,
+                    p => {
+                        return Err(format!(
+                            "--peer must be dashmap, scc, moka or none, not {p:?}"
+                        ))
+                    }
                 }
             }
             "-h" | "--help" => {
@@ -524,6 +538,10 @@ trait Engine: Sync {
     fn entries(&self) -> usize;
     /// Expired keys removed so far.
     fn expiries(&self) -> u64;
+    /// Table rebuilds so far, if the engine counts them.
+    fn rebuilds(&self) -> Option<u64> {
+        None
+    }
     /// The engine's own account of its memory, if it keeps one.
     fn accounted_bytes(&self) -> Option<u64> {
         None
@@ -607,8 +625,74 @@ impl<P: Payload> Engine for Idem<P> {
         Some(self.store.stats().memory_bytes as u64)
     }
 
+    fn rebuilds(&self) -> Option<u64> {
+        Some(self.store.stats().table_rebuilds)
+    }
+
     fn maintenance(&self) -> usize {
         self.store.run_maintenance()
+    }
+}
+
+/// `--peer none`: no structure. Each thread's new keys come from blocks of a shared counter in
+/// increasing order and its retries from its own recent keys, so a key whose counter is past
+/// the thread's newest is new and any other is a retry. Measures the harness and the machine
+/// alone: the same pacing, clock reads and histogram as every engine, and nothing else.
+struct Floor;
+
+impl Floor {
+    /// The counter `i` of [`key`]`(i)`, from its low half (the inverse of [`mix`]).
+    #[inline]
+    fn index(key: u128) -> u64 {
+        /// The inverse of an odd `a` modulo 2^64 (Newton's iteration).
+        const fn inverse(a: u64) -> u64 {
+            let mut x = a;
+            let mut k = 0;
+            while k < 6 {
+                x = x.wrapping_mul(2u64.wrapping_sub(a.wrapping_mul(x)));
+                k += 1;
+            }
+            x
+        }
+        let mut z = key as u64;
+        z ^= (z >> 31) ^ (z >> 62);
+        z = z.wrapping_mul(inverse(0x94d0_49bb_1331_11eb));
+        z ^= (z >> 27) ^ (z >> 54);
+        z = z.wrapping_mul(inverse(0xbf58_476d_1ce4_e5b9));
+        z ^= (z >> 30) ^ (z >> 60);
+        z.wrapping_sub(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+impl Engine for Floor {
+    /// The next counter this thread has not claimed yet.
+    type Local = u64;
+
+    fn label(&self) -> String {
+        "no structure (the harness alone)".into()
+    }
+
+    fn new_locals(threads: usize, _live: u64) -> Vec<u64> {
+        vec![0; threads]
+    }
+
+    #[inline]
+    fn claim(&self, next: &mut u64, key: u128, _now_ns: u64) -> Outcome {
+        let i = Self::index(key);
+        if i >= *next {
+            *next = i + 1;
+            Outcome::Fresh { completed: true }
+        } else {
+            Outcome::Replayed
+        }
+    }
+
+    fn entries(&self) -> usize {
+        0
+    }
+
+    fn expiries(&self) -> u64 {
+        0
     }
 }
 
@@ -1482,6 +1566,8 @@ struct Report {
     backlog: u64,
     entries: usize,
     expiries: u64,
+    /// Table rebuilds in the measured window (idemstore).
+    rebuilds: Option<u64>,
     maintenance_reclaimed: u64,
     accounted_bytes: Option<u64>,
     rss_before: u64,
@@ -1619,6 +1705,7 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
 
         // The measured window.
         let expiries0 = engine.expiries();
+        let rebuilds0 = engine.rebuilds();
         let maint0 = maintenance_reclaimed;
         let cpu0 = cpu_time().unwrap_or_default();
         let start = wall.now() + 1_000_000;
@@ -1683,6 +1770,7 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
         let cpu_s = (cpu_time().unwrap_or_default() - cpu0).as_secs_f64();
         bar.finish_and_clear();
         let expiries = engine.expiries() - expiries0;
+        let rebuilds = engine.rebuilds().zip(rebuilds0).map(|(b, a)| b - a);
         engine.settle();
         Report {
             label: engine.label(),
@@ -1697,6 +1785,7 @@ fn run<E: Engine>(args: &Args, make: impl FnOnce(Clock) -> E) -> Report {
             backlog,
             entries: engine.entries(),
             expiries,
+            rebuilds,
             maintenance_reclaimed: maintenance_reclaimed - maint0,
             accounted_bytes: engine.accounted_bytes(),
             rss_before,
@@ -1782,6 +1871,7 @@ fn main() {
             cache: moka_cache(),
             c: common(),
         }),
+        (Peer::None, _) => run(&args, |_| Floor),
     };
     if args.json {
         println!("{}", report.json());
@@ -1918,8 +2008,9 @@ impl Report {
             m.new_keys as f64 / self.elapsed_s / 1e6,
             if a.peer == Peer::Idemstore {
                 format!(
-                    "; maintenance reclaimed {}",
-                    group_digits(self.maintenance_reclaimed)
+                    "; maintenance reclaimed {}; table rebuilds {}",
+                    group_digits(self.maintenance_reclaimed),
+                    group_digits(self.rebuilds.unwrap_or(0))
                 )
             } else {
                 String::new()
@@ -2038,6 +2129,7 @@ impl Report {
         j.num("expiries", self.expiries as f64);
         j.num("expiries_per_s", self.expiries as f64 / self.elapsed_s);
         j.num("maintenance_reclaimed", self.maintenance_reclaimed as f64);
+        j.opt("table_rebuilds", self.rebuilds.map(|n| n as f64));
         j.opt("engine_bytes_per_entry", self.accounted_per_entry());
         j.num("rss_bytes_per_entry", self.rss_per_entry());
         j.num("rss_before_bytes", self.rss_before as f64);

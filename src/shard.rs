@@ -294,6 +294,8 @@ pub(crate) enum Outcome<V> {
         token: u64,
         word: Word,
         takeover: bool,
+        /// Where the entry sits, for the owner's later operations to look first.
+        slot: u32,
     },
     InProgress {
         deadline: u64,
@@ -365,6 +367,11 @@ impl<V> Shard<V> {
     pub(crate) fn advance_time(&mut self, clock_nanos: u64) -> u64 {
         self.last_nanos = self.last_nanos.max(clock_nanos);
         self.last_nanos
+    }
+
+    /// Rebuilds of this shard's table so far.
+    pub(crate) fn rebuilds(&self) -> u64 {
+        self.rebuilds
     }
 
     /// The time for a read-locked (guard) operation: never behind the shard's last reading.
@@ -447,6 +454,7 @@ impl<V> Shard<V> {
             token,
             word,
             takeover: false,
+            slot: pos as u32,
         }
     }
 
@@ -535,6 +543,7 @@ impl<V> Shard<V> {
             token,
             word,
             takeover,
+            slot: i as u32,
         }
     }
 
@@ -852,17 +861,19 @@ impl<V> Shard<V> {
     /// `value` is stored, if the word is still `expected` (no takeover, no expiry since the
     /// owner installed it). Write lock held, so nothing else can change the word meanwhile: a
     /// plain store does, no compare-and-swap. Hands `value` back if the lease was lost, for
-    /// the caller to drop after the lock.
+    /// the caller to drop after the lock. `slot` is where the claim put or found the entry
+    /// (see [`Table::find_from`]).
     #[inline]
     pub(crate) fn complete(
         &mut self,
         h: &KeyHash,
+        slot: u32,
         expected: Word,
         next: Word,
         value: Option<Arc<V>>,
         now: u64,
     ) -> Result<(), Option<Arc<V>>> {
-        let Some(i) = self.table.find(h) else {
+        let Some(i) = self.table.find_from(h, slot) else {
             return Err(value);
         };
         if self.table.word(i) != expected {
@@ -907,10 +918,16 @@ impl<V> Shard<V> {
     }
 
     /// The owner's fenced transition of `h` from `expected` to `next`, under the read lock.
-    /// Returns the slot on success.
+    /// Returns the slot on success. `slot` as for [`Shard::complete`].
     #[inline]
-    pub(crate) fn transition(&self, h: &KeyHash, expected: Word, next: Word) -> Option<usize> {
-        let i = self.table.find(h)?;
+    pub(crate) fn transition(
+        &self,
+        h: &KeyHash,
+        slot: u32,
+        expected: Word,
+        next: Word,
+    ) -> Option<usize> {
+        let i = self.table.find_from(h, slot)?;
         self.table.slot(i).word.transition(expected, next).ok()?;
         Some(i)
     }
@@ -920,6 +937,9 @@ impl<V> Shard<V> {
 mod tests {
     use super::*;
     use crate::key::hash_id;
+
+    /// No slot to look in first: `complete` and `transition` probe.
+    const NO_HINT: u32 = u32::MAX;
 
     /// A lease ending at 30 000 ms.
     const LEASE_FROM_0: Lease = Lease {
@@ -974,7 +994,7 @@ mod tests {
             panic!("key {id} is new");
         };
         let done = word.with(Phase::Completed, now + DAY);
-        assert!(s.complete(&h, word, done, None, now).is_ok());
+        assert!(s.complete(&h, NO_HINT, word, done, None, now).is_ok());
         now + DAY
     }
 
@@ -1050,7 +1070,7 @@ mod tests {
             ));
         }
         let done = word.with(Phase::Completed, 4 + DAY);
-        assert!(s.complete(&h, word, done, None, 4).is_ok());
+        assert!(s.complete(&h, NO_HINT, word, done, None, 4).is_ok());
         assert_eq!((s.wheel.len(), s.queue.len()), (41, 1));
         assert_eq!(
             s.expire(&c, 30_003, usize::MAX),
@@ -1084,7 +1104,14 @@ mod tests {
         };
         let half = 2 + DAY / 2;
         assert!(s
-            .complete(&h, word, word.with(Phase::Completed, half), None, 2)
+            .complete(
+                &h,
+                NO_HINT,
+                word,
+                word.with(Phase::Completed, half),
+                None,
+                2
+            )
             .is_ok());
         assert_eq!((s.wheel.len(), s.queue.len()), (1, 1));
         assert_eq!(s.expire_from(&c, 30_002, usize::MAX, Due::Wheel), (0, 0));
@@ -1114,7 +1141,7 @@ mod tests {
         assert!(takeover);
         assert_eq!((s.wheel.len(), s.queue.len()), (1, 0));
         let done = word.with(Phase::Completed, 40_001 + DAY);
-        assert!(s.complete(&h, word, done, None, 40_001).is_ok());
+        assert!(s.complete(&h, NO_HINT, word, done, None, 40_001).is_ok());
         assert_eq!((s.wheel.len(), s.queue.len()), (0, 1));
         assert_eq!(
             s.expire(&c, 40_001 + DAY - 1, usize::MAX)
@@ -1140,7 +1167,7 @@ mod tests {
         {
             let r = c.lock.read();
             assert!(r
-                .transition(&h, word, word.with(Phase::Vacant, word.deadline()))
+                .transition(&h, NO_HINT, word, word.with(Phase::Vacant, word.deadline()))
                 .is_some());
             c.vacant.fetch_add(1, Ordering::Relaxed);
         }
@@ -1149,7 +1176,7 @@ mod tests {
             panic!()
         };
         let done = word.with(Phase::Completed, 3 + 10_000);
-        assert!(s.complete(&h, word, done, None, 3).is_ok());
+        assert!(s.complete(&h, NO_HINT, word, done, None, 3).is_ok());
         assert_eq!((s.wheel.len(), s.queue.len()), (0, 1));
         assert_eq!(
             s.expire(&c, 10_003, usize::MAX) + s.expire_queue_near(&c, 10_003, usize::MAX),
@@ -1282,7 +1309,9 @@ mod tests {
             while pending.last().is_some_and(|p| p.0 <= now) {
                 let (at, id, w) = pending.pop().unwrap();
                 let done = w.with(Phase::Completed, at + DAY);
-                assert!(s.complete(&hash_id(1, id), w, done, None, now).is_ok());
+                assert!(s
+                    .complete(&hash_id(1, id), NO_HINT, w, done, None, now)
+                    .is_ok());
             }
         };
         for k in 0..40_000u128 {
@@ -1365,7 +1394,8 @@ mod tests {
         let pool = Pool::new();
         let mut rng = Rng(seed | 1);
         let mut now: u64 = 1;
-        let mut guards: std::collections::HashMap<u128, Word> = Default::default();
+        // Each guard's word and the slot its claim reported: a hint that rebuilds make stale.
+        let mut guards: std::collections::HashMap<u128, (Word, u32)> = Default::default();
         let leases = [1u64, 7, 100, 1_000, 3_000, max_lease];
         let steps = 3_000.max(keys as usize * 12);
         for step in 0..steps {
@@ -1380,13 +1410,15 @@ mod tests {
                     let mut s = c.lock.write();
                     s.advance_time(now * 1_000_000);
                     match s.claim(&c, &h, 0, now, lease) {
-                        Outcome::Acquired { word, .. } => {
+                        Outcome::Acquired { word, slot, .. } => {
                             if rng.below(2) == 0 && now < word.deadline() {
                                 let done = word.with(Phase::Completed, now + ttl);
-                                assert!(s.complete(&h, word, done, None, now).is_ok(), "{ctx}");
+                                let hint = if rng.below(2) == 0 { slot } else { NO_HINT };
+                                let r = s.complete(&h, hint, word, done, None, now);
+                                assert!(r.is_ok(), "{ctx}");
                                 guards.remove(&id);
                             } else {
-                                guards.insert(id, word);
+                                guards.insert(id, (word, slot));
                             }
                         }
                         Outcome::Full { .. } => {
@@ -1400,32 +1432,36 @@ mod tests {
                     c.unlock(s, &pool);
                 }
                 45..=54 => {
-                    if let Some(word) = guards.remove(&id).filter(|w| now < w.deadline()) {
+                    if let Some((word, slot)) = guards.remove(&id).filter(|g| now < g.0.deadline())
+                    {
                         let mut s = c.lock.write();
                         let done = word.with(Phase::Completed, now + ttl);
-                        let _ = s.complete(&h, word, done, None, now);
+                        let _ = s.complete(&h, slot, word, done, None, now);
                         check_records(&s, &ctx);
                         check_staged(&c, &s, now, &ctx);
                     }
                 }
                 55..=62 => {
-                    if let Some(word) = guards.remove(&id).filter(|w| now < w.deadline()) {
+                    if let Some((word, slot)) = guards.remove(&id).filter(|g| now < g.0.deadline())
+                    {
                         let s = c.lock.read();
                         let released = word.with(Phase::Vacant, word.deadline());
-                        if s.transition(&h, word, released).is_some() {
+                        if s.transition(&h, slot, word, released).is_some() {
                             c.vacant.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
                 63..=67 => {
-                    if let Some(word) = guards.get(&id).copied().filter(|w| now < w.deadline()) {
+                    if let Some((word, slot)) =
+                        guards.get(&id).copied().filter(|g| now < g.0.deadline())
+                    {
                         let s = c.lock.read();
                         let extended = word.with(Phase::InFlight, now + lease_ms);
-                        if s.transition(&h, word, extended).is_some() {
+                        if s.transition(&h, slot, word, extended).is_some() {
                             if extended.deadline() < word.deadline() {
                                 c.shortened.store(true, Ordering::Relaxed);
                             }
-                            guards.insert(id, extended);
+                            guards.insert(id, (extended, slot));
                         } else {
                             guards.remove(&id);
                         }

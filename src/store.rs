@@ -298,6 +298,9 @@ pub struct Guard<'a, V = ()> {
     word: Word,
     takeover: bool,
     active: bool,
+    /// Where the claim put or found the entry: looked at first by the guard's operations
+    /// (a rebuild since may have moved it; then they probe).
+    slot: u32,
 }
 
 impl<V> fmt::Debug for Guard<'_, V> {
@@ -676,6 +679,7 @@ impl<V> Store<V> {
                 token,
                 word,
                 takeover,
+                slot,
             } => Claim::Acquired(Guard {
                 store: self,
                 hash: h,
@@ -683,6 +687,7 @@ impl<V> Store<V> {
                 word,
                 takeover,
                 active: true,
+                slot,
             }),
             Outcome::InProgress { deadline } => Claim::InProgress(InProgress {
                 retry_after: Duration::from_millis(deadline)
@@ -844,6 +849,7 @@ impl<V> Inner<V> {
             s.lease_expiries += c.lease_expiries;
             s.ttl_expiries += c.ttl_expiries;
             s.entries += shard.table.occupied();
+            s.table_rebuilds += shard.rebuilds();
             s.memory_bytes += shard.table.heap_bytes()
                 + shard.wheel.heap_bytes()
                 + shard.queue.heap_bytes()
@@ -953,9 +959,14 @@ impl<'a, V> Guard<'a, V> {
             Ok(shared) => (Some(shared), None),
             Err(unit) => (None, Some(unit)),
         };
-        if let Err(unused) =
-            shard.complete(&this.hash, this.word, next, shared, floor_ms(now_nanos))
-        {
+        if let Err(unused) = shard.complete(
+            &this.hash,
+            this.slot,
+            this.word,
+            next,
+            shared,
+            floor_ms(now_nanos),
+        ) {
             // The value's `Drop` is user code: never under the lock.
             drop(shard);
             drop(unused);
@@ -997,7 +1008,10 @@ impl<'a, V> Guard<'a, V> {
         // The entry keeps its deadline: its wheel record reclaims it then, if no claim reuses
         // it first.
         let next = self.word.with(Phase::Vacant, self.word.deadline());
-        if shard.transition(&self.hash, self.word, next).is_none() {
+        if shard
+            .transition(&self.hash, self.slot, self.word, next)
+            .is_none()
+        {
             return Err(Error::LeaseLost);
         }
         // Counted under the read lock, so a rebuild (write lock) sees it exactly.
@@ -1024,7 +1038,10 @@ impl<'a, V> Guard<'a, V> {
         let next = self
             .word
             .with(Phase::InFlight, deadline_ms(now_nanos, lease));
-        if shard.transition(&self.hash, self.word, next).is_none() {
+        if shard
+            .transition(&self.hash, self.slot, self.word, next)
+            .is_none()
+        {
             self.active = false;
             return Err(Error::LeaseLost);
         }

@@ -782,6 +782,30 @@ impl<V> Table<V> {
         }
     }
 
+    /// The slot of `h`: `hint` if the entry is there (where an operation on `h` found or put
+    /// it earlier: slots move only when the table is rebuilt), else found by a probe. Saves the
+    /// probe's arithmetic for an owner's completion, release or extension.
+    #[inline(always)]
+    pub(crate) fn find_from(&self, h: &KeyHash, hint: u32) -> Option<usize> {
+        let i = hint as usize;
+        if let Some(s) = self.mem.slots().get(i) {
+            // A slot emptied by a removal may still hold the hash it had: the tag says whether
+            // it holds an entry now.
+            if s.hi == h.hi && s.lo == h.lo && self.is_occupied(i) {
+                return Some(i);
+            }
+        }
+        self.find_moved(h)
+    }
+
+    /// [`Table::find`], out of line: for an entry not at its hint (a rebuild moved it, or it is
+    /// gone).
+    #[cold]
+    #[inline(never)]
+    fn find_moved(&self, h: &KeyHash) -> Option<usize> {
+        self.find(h)
+    }
+
     /// Puts a new entry in the free slot `pos` returned by [`Table::probe`].
     #[inline]
     pub(crate) fn insert_at(&mut self, pos: usize, h: &KeyHash, word: Word, fingerprint: u64) {

@@ -173,11 +173,29 @@ impl Wheel {
         let n = std::mem::take(&mut self.staged);
         let mut k = 0;
         while k < n {
-            let place = self.place(self.staged_when[k]);
+            let first = self.staged_when[k];
+            let place = self.place(first);
             let mut end = k + 1;
-            while end < n && self.place(self.staged_when[end]) == place {
-                end += 1;
+            match place {
+                None => {
+                    while end < n && self.staged_when[end] <= self.elapsed {
+                        end += 1;
+                    }
+                }
+                Some((level, _)) => {
+                    // Records that agree with the first on every bit from the level's slot bits
+                    // up share its place: they differ from `elapsed` first in the same bit, so
+                    // they land on the same level (or are clamped to the top level with it),
+                    // and their slot bits are the same. Cheaper than `place` for each.
+                    let shift = SLOT_BITS * level as u32;
+                    while end < n && self.staged_when[end] >> shift == first >> shift {
+                        end += 1;
+                    }
+                }
             }
+            debug_assert!(self.staged_when[k..end]
+                .iter()
+                .all(|&w| self.place(w) == place));
             let run = &self.staged_idx[k..end];
             match place {
                 None => {
