@@ -10,7 +10,8 @@
 #
 # Every argument goes to loadgen as is (see `cargo run --release --example loadgen -- --help`).
 # PEERS: the peers to run after idemstore (default "dashmap scc moka"; moka needs ~350 B and
-# about 5 µs of CPU per key, so give it time and memory at 20 M keys).
+# about 5 µs of CPU per key, so give it time and memory at 20 M keys; "none" runs the harness
+# with no structure at all, the latency floor of the machine).
 # OUT: the PNG (default docs/perf.png). Needs python3 with matplotlib for the PNG; without it
 # the JSON and the table are still written.
 set -euo pipefail
@@ -49,6 +50,10 @@ def t(ns):
             return f"{ns / scale:.3g}{unit}"
     return f"{ns:.0f}ns"
 
+def b(x):
+    # Bytes per entry; none for `--peer none`, which holds no entries.
+    return "-" if x is None else f"{x:.1f}"
+
 print(f"\n{'engine':<10} {'claims/s':>10} {'CPU ns':>7} {'p50':>8} {'p99':>8} {'p99.9':>8} "
       f"{'max':>8} {'RSS B/e':>8} {'+sweeper':>8} {'violations':>10}")
 for path in sys.argv[1:]:
@@ -63,8 +68,8 @@ for path in sys.argv[1:]:
     mark = "" if r.get("sustained", True) else "*"
     print(f"{r['engine']:<10} {r['claims_per_s'] / 1e6:>8.3f}M{mark:1} "
           f"{'-' if cpu is None else round(cpu)!s:>7} {t(lat['p50']):>8} {t(lat['p99']):>8} "
-          f"{t(lat['p999']):>8} {t(lat['max']):>8} {r['rss_bytes_per_entry']:>8.1f} "
-          f"{r['sweeper_bytes_per_entry']:>8.1f} {r['violations']:>10}")
+          f"{t(lat['p999']):>8} {t(lat['max']):>8} {b(r['rss_bytes_per_entry']):>8} "
+          f"{b(r['sweeper_bytes_per_entry']):>8} {r['violations']:>10}")
 print("(* the offered rate was not sustained; CPU ns per claim is given in a closed loop only)")
 PY
 

@@ -120,7 +120,8 @@ def main():
     ax2.set_ylabel("bytes")
     ax2.set_xticks(list(xs), names)
     ax2.legend(loc="upper left", fontsize=8)
-    ax2.margins(y=0.15)
+    # Room above the tallest bar for the legend, clear of the bars' labels.
+    ax2.set_ylim(0, max((r + s for r, s in zip(rss, sweeper)), default=1) * 1.5 or 1)
 
     fig.suptitle(args.title or describe(runs), fontsize=10)
     fig.tight_layout()
