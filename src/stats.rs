@@ -33,8 +33,9 @@ pub struct Stats {
     pub max_entries: usize,
     /// Tables rebuilt: a shard's table is rebuilt when it grows, and at the shard's bound to
     /// drop released keys. A rebuild holds the shard's lock while it moves the shard's entries
-    /// (a claim on that shard waits, or moves half of them), so rebuilds are where a growing
-    /// store's latency spikes come from; a store at its steady size rebuilds rarely.
+    /// (a claim on that shard waits, or, for tables of 4,096 slots and more, moves half of
+    /// them), so rebuilds are where a growing store's latency spikes come from; a store at its
+    /// steady size rebuilds rarely.
     pub table_rebuilds: u64,
     /// Bytes the store holds: tables (with the spare tables made for shards' next rebuilds
     /// and the few emptied ones kept for reuse), timing wheels, shard headers and value
@@ -49,8 +50,8 @@ impl Stats {
     /// application installed (none is installed by this crate): counters
     /// `idemstore_claims_total{outcome=acquired|takeover|in_progress|replayed|mismatch|rejected}`,
     /// `idemstore_completions_total`, `idemstore_releases_total`,
-    /// `idemstore_expiries_total{kind=lease|ttl}`, `idemstore_table_rebuilds_total`, and gauges `idemstore_entries`,
-    /// `idemstore_max_entries`, `idemstore_memory_bytes`. Counters are set to their absolute
+    /// `idemstore_expiries_total{kind=lease|ttl}`, `idemstore_table_rebuilds_total`, and
+    /// gauges `idemstore_entries`, `idemstore_max_entries`, `idemstore_memory_bytes`. Counters are set to their absolute
     /// values, so publishing twice never double-counts. The maintenance thread (see
     /// [`crate::Builder::maintenance_interval`]) publishes after every pass.
     pub fn record(&self) {

@@ -1038,13 +1038,12 @@ impl<'a, V> Guard<'a, V> {
         let next = self
             .word
             .with(Phase::InFlight, deadline_ms(now_nanos, lease));
-        if shard
-            .transition(&self.hash, self.slot, self.word, next)
-            .is_none()
-        {
+        let Some(slot) = shard.transition(&self.hash, self.slot, self.word, next) else {
             self.active = false;
             return Err(Error::LeaseLost);
-        }
+        };
+        // Where the entry is now, if a rebuild moved it: the guard's next operation looks there.
+        self.slot = slot as u32;
         if next.deadline() < self.word.deadline() {
             cell.shortened.store(true, Ordering::Relaxed);
         }

@@ -1111,6 +1111,39 @@ mod tests {
         assert_eq!(zero_bytes(0xFFFF_FFFF_FFFF_0100), 0x80);
     }
 
+    /// A hint only counts where the slot holds the key now: not a slot a removal emptied,
+    /// nor one of a recycled table, both of which keep the key's hash and word bytes.
+    #[test]
+    fn find_from_ignores_stale_hashes_and_bad_hints() {
+        let keys: Vec<KeyHash> = (0..40u64)
+            .map(|i| hash_key(11, b"", &i.to_le_bytes()))
+            .collect();
+        let mut t: Table<()> = Table::with_capacity(64);
+        let mut at = Vec::new();
+        for h in &keys {
+            let Probe::Absent(pos) = t.probe(h) else {
+                panic!("{h:?} is new")
+            };
+            t.insert_at(pos, h, w(10), 0);
+            at.push(pos);
+        }
+        for (h, &pos) in keys.iter().zip(&at) {
+            assert_eq!(t.find_from(h, pos as u32), Some(pos));
+            assert_eq!(t.find_from(h, u32::MAX), Some(pos));
+            assert_eq!(t.find_from(h, t.capacity() as u32), Some(pos));
+        }
+        // Another key's slot as the hint: probed.
+        assert_eq!(t.find_from(&keys[0], at[1] as u32), Some(at[0]));
+        // Removed: the slot keeps the hash, the tag says EMPTY.
+        t.remove(at[0]);
+        assert_eq!(t.find_from(&keys[0], at[0] as u32), None);
+        // Recycled: every slot keeps its hash, every tag is EMPTY.
+        t.recycle();
+        for (h, &pos) in keys.iter().zip(&at) {
+            assert_eq!(t.find_from(h, pos as u32), None);
+        }
+    }
+
     #[test]
     fn empty_slot_is_all_zero() {
         let s = Slot::empty();
