@@ -77,6 +77,8 @@ fn prefetch(at: *const i8) {
 pub(crate) struct Whereabouts {
     tags: std::sync::atomic::AtomicPtr<u8>,
     slots: std::sync::atomic::AtomicPtr<Slot>,
+    /// The groups' overflow counts, which a probe for a key that is not there reads too.
+    overflow: std::sync::atomic::AtomicPtr<u8>,
     groups: std::sync::atomic::AtomicUsize,
 }
 
@@ -90,16 +92,21 @@ impl Whereabouts {
             .store(table.mem.tags().as_ptr().cast_mut(), Relaxed);
         self.slots
             .store(table.mem.slots().as_ptr().cast_mut(), Relaxed);
+        self.overflow
+            .store(table.overflow.as_ptr().cast_mut(), Relaxed);
         self.groups.store(table.groups, Relaxed);
     }
 
-    /// Starts loading the tag group and the home slots of `h`.
+    /// Starts loading the tag group, the home slots and the home group's overflow count of `h`
+    /// (a claim of a new key reads the count to end its probe: a third random access, in an
+    /// array of its own).
     #[inline]
     pub(crate) fn prefetch(&self, h: &KeyHash) {
         use std::sync::atomic::Ordering::Relaxed;
         let g = h.home(self.groups.load(Relaxed));
         prefetch(self.tags.load(Relaxed).cast::<i8>().wrapping_add(g * GROUP));
         prefetch_group(self.slots.load(Relaxed).wrapping_add(g * GROUP));
+        prefetch(self.overflow.load(Relaxed).cast::<i8>().wrapping_add(g));
     }
 }
 
