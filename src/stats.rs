@@ -51,9 +51,10 @@ impl Stats {
     /// `idemstore_claims_total{outcome=acquired|takeover|in_progress|replayed|mismatch|rejected}`,
     /// `idemstore_completions_total`, `idemstore_releases_total`,
     /// `idemstore_expiries_total{kind=lease|ttl}`, `idemstore_table_rebuilds_total`, and
-    /// gauges `idemstore_entries`, `idemstore_max_entries`, `idemstore_memory_bytes`. Counters are set to their absolute
-    /// values, so publishing twice never double-counts. The maintenance thread (see
-    /// [`crate::Builder::maintenance_interval`]) publishes after every pass.
+    /// gauges `idemstore_entries`, `idemstore_max_entries`, `idemstore_memory_bytes`. Counters
+    /// are set to their absolute values, so publishing twice never double-counts. The
+    /// maintenance thread (see [`crate::Builder::maintenance_interval`]) publishes after every
+    /// pass.
     pub fn record(&self) {
         for (outcome, n) in [
             ("acquired", self.acquired),
