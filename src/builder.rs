@@ -269,8 +269,8 @@ impl<V> Builder<V> {
         };
         let per_shard = self.max_entries.div_ceil(shards);
         // Slot indices are u32 (the wheel's records); a shard's table never exceeds
-        // `max_capacity(bound)` slots.
-        if crate::shard::max_capacity(per_shard) >= u32::MAX as usize {
+        // `largest_table(bound)` slots.
+        if crate::shard::largest_table(per_shard) >= u32::MAX as usize {
             return Err(Error::InvalidConfig(format!(
                 "max_entries ({}) over {shards} shards is more than a shard can index; raise shards",
                 self.max_entries

@@ -359,6 +359,16 @@ pub(crate) fn max_capacity(bound: usize) -> usize {
     (bound + 1).saturating_mul(4) / 3 + crate::table::GROUP
 }
 
+/// The most slots a table of a shard of `bound` entries can have: a rebuild makes at most
+/// [`max_capacity`] slots, but may take a kept table up to a quarter larger instead (see
+/// [`Shard::fitting`]), and a table is a whole number of groups. Slot indices are `u32` (the
+/// wheel's records, with `u32::MAX` for "moved nowhere"), so this must stay below `u32::MAX`.
+pub(crate) fn largest_table(bound: usize) -> usize {
+    let most = max_capacity(bound);
+    most.saturating_add(most / 4)
+        .saturating_add(2 * crate::table::GROUP)
+}
+
 impl<V> Shard<V> {
     /// The time for a write-locked operation: the clock reading, but never behind the last
     /// one this shard used (the TSCs of two cores may disagree slightly). Keeps the shard's

@@ -409,6 +409,26 @@ fn builder_refuses_zero_maintenance_interval() {
 }
 
 #[test]
+fn builder_refuses_more_keys_per_shard_than_a_table_can_index() {
+    // Slot indices are 32-bit: 3 billion keys in one shard could need a table of more than
+    // 2^32 slots (a rebuild may take a kept table up to a quarter larger than it would make).
+    let err = Store::<()>::builder()
+        .shards(1)
+        .max_entries(3_000_000_000)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+    assert_message(&err, &["max_entries", "raise shards"]);
+    // Over two shards they fit; nothing is allocated for them up front.
+    let store = Store::<()>::builder()
+        .shards(2)
+        .max_entries(3_000_000_000)
+        .build()
+        .unwrap();
+    assert_eq!(store.stats().max_entries, 3_000_000_000);
+}
+
+#[test]
 fn builder_refuses_a_dedup_only_store_the_same_way() {
     // V = () goes through the same checks.
     assert!(matches!(
