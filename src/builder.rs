@@ -131,6 +131,8 @@ impl<V> Builder<V> {
     /// while other shards still have room: the first refusal comes at about `1 - 3/√b` of
     /// `max_entries` (95% with 4,096 per shard, 99% with 100,000). The default shard count keeps
     /// `b` at 4,096 or more; give headroom where a refusal must not happen before the bound.
+    /// A shard indexes its slots with 32 bits: `build` refuses a `b` above about 2.5 billion
+    /// ([`Error::InvalidConfig`]; raise `shards`).
     pub fn max_entries(mut self, max_entries: usize) -> Self {
         self.max_entries = max_entries;
         self
