@@ -205,26 +205,33 @@ impl TtlQueue {
     /// drops the records of entries the rebuild dropped (`u32::MAX`); chunks keep their order
     /// and bounds.
     pub(crate) fn remap(&mut self, moved: &[u32]) {
-        let mut records = VecDeque::with_capacity(self.records.len());
-        let mut chunks = VecDeque::with_capacity(self.chunks.len());
-        let mut from = self.records.iter();
-        for chunk in &self.chunks {
-            let mut kept = 0;
-            for &r in from.by_ref().take(chunk.len as usize) {
-                if let Some(&to) = moved.get(r as usize).filter(|&&to| to != u32::MAX) {
-                    records.push_back(to);
+        // In place: a rebuild runs under the shard's lock, and a new deque as long as this one
+        // would be memory to allocate (and for the kernel to fault in) while claims wait.
+        let chunks = &mut self.chunks;
+        let (mut chunk, mut kept) = (0, 0);
+        let mut left = chunks.front().map_or(0, |c| c.len);
+        self.records.retain_mut(|r| {
+            // Every record lies in a chunk, and no chunk is empty.
+            while left == 0 {
+                chunks[chunk].len = kept;
+                chunk += 1;
+                kept = 0;
+                left = chunks[chunk].len;
+            }
+            left -= 1;
+            match moved.get(*r as usize) {
+                Some(&to) if to != u32::MAX => {
+                    *r = to;
                     kept += 1;
+                    true
                 }
+                _ => false,
             }
-            if kept > 0 {
-                chunks.push_back(Chunk {
-                    len: kept,
-                    ..*chunk
-                });
-            }
+        });
+        if let Some(last) = chunks.get_mut(chunk) {
+            last.len = kept;
         }
-        self.records = records;
-        self.chunks = chunks;
+        chunks.retain(|c| c.len > 0);
         self.front_changed();
     }
 
@@ -357,6 +364,44 @@ mod tests {
         q.clear();
         assert_eq!(q.len(), 0);
         assert!(q.push(5, 10), "a cleared queue takes any deadline");
+    }
+
+    #[test]
+    fn remap_keeps_each_survivor_in_its_chunk() {
+        let mut q = TtlQueue::new(WINDOW);
+        // Three chunks of six (a chunk of few records spans up to 512 ms): deadlines 1 000 to
+        // 1 500, 2 000 to 2 500 and 3 000 to 3 500.
+        for (i, deadline) in [1_000u64, 2_000, 3_000]
+            .into_iter()
+            .flat_map(|first| (0..6).map(move |k| first + k * 100))
+            .enumerate()
+        {
+            assert!(q.push(i as u32, deadline));
+        }
+        // The middle chunk goes whole, the others keep their even records, moved up by 100.
+        let moved: Vec<u32> = (0..18u32)
+            .map(|i| {
+                if (6..12).contains(&i) || i % 2 == 1 {
+                    u32::MAX
+                } else {
+                    i + 100
+                }
+            })
+            .collect();
+        q.remap(&moved);
+        assert_eq!(q.all_records(), [100, 102, 104, 112, 114, 116]);
+        // Each survivor comes out when its own chunk is due, not before.
+        assert_eq!(q.due_at(), 1_500);
+        assert_eq!(drain(&mut q, 1_499), []);
+        assert_eq!(drain(&mut q, 1_500), [100, 102, 104]);
+        assert_eq!(q.due_at(), 3_500);
+        assert_eq!(drain(&mut q, 3_499), []);
+        assert_eq!(drain(&mut q, 3_500), [112, 114, 116]);
+        assert_eq!(q.due_at(), u64::MAX);
+        // A queue of nothing but dropped records ends empty.
+        assert!(q.push(0, 4_000));
+        q.remap(&[u32::MAX]);
+        assert_eq!((q.len(), q.due_at()), (0, u64::MAX));
     }
 
     #[test]
