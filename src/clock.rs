@@ -223,7 +223,9 @@ impl fmt::Debug for Clock {
 }
 
 impl ManualClock {
-    /// Moves the clock forward by `by`. Saturates instead of wrapping after 584 years.
+    /// Moves the clock forward by `by`. Saturates instead of wrapping after 584 years. A store
+    /// keeps deadlines in milliseconds below 2^44 (557 years from the clock's origin): on a
+    /// clock moved past that, every lease and dedup window has already ended when it starts.
     pub fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         // Relaxed: see `Clock::now_nanos`; fetch_update keeps concurrent advances additive.

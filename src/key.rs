@@ -121,6 +121,15 @@ pub(crate) fn hash_id(seed: u64, id: u128) -> KeyHash {
     KeyHash { hi: l, lo: r }
 }
 
+/// Hashes a caller's 128-bit id within a (non-empty) scope: xxh3 of the scope and the id's 16
+/// bytes as for a key of bytes, under a seed of the ids' domain, so a scoped id never takes the
+/// identity of the same 16 bytes claimed as a key (or of an unscoped id, but by a 128-bit
+/// collision).
+#[inline]
+pub(crate) fn hash_scoped_id(seed: u64, scope: &[u8], id: u128) -> KeyHash {
+    hash_key(seed ^ ID_DOMAIN, scope, &id.to_le_bytes())
+}
+
 /// Hashes a payload fingerprint to the 64 bits the store keeps; never 0, which means "none".
 #[inline]
 pub(crate) fn hash_fingerprint(seed: u64, bytes: &[u8]) -> u64 {

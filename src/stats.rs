@@ -3,7 +3,9 @@
 /// What a store has done and holds, for dashboards and alerts. From [`crate::Store::stats`].
 ///
 /// Every claim is counted under exactly one outcome: `acquired + takeovers + in_progress +
-/// replayed + mismatched + rejected` is the number of claims that passed input validation.
+/// replayed + mismatched + rejected` is the number of claims that passed input validation. A
+/// waiting claim ([`crate::Store::claim_wait`]) counts each look it takes at the key: one
+/// outcome per look, `in_progress` for every look that found the key still in flight.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

@@ -12,7 +12,7 @@ use crossbeam_utils::CachePadded;
 use crate::builder::{Builder, Weigher};
 use crate::clock::{deadline_ms, floor_ms, nanos_of, Clock};
 use crate::error::Error;
-use crate::key::{hash_fingerprint, hash_id, hash_key, KeyHash};
+use crate::key::{hash_fingerprint, hash_id, hash_key, hash_scoped_id, KeyHash};
 use crate::shard::{Lease, Outcome, Pool, ShardCell};
 use crate::state::{Phase, Word};
 use crate::stats::Stats;
@@ -469,12 +469,7 @@ impl<V> Store<V> {
         options: &ClaimOptions<'_>,
     ) -> Result<(KeyHash, u64, u64), Error> {
         self.check_key(key)?;
-        if options.scope.len() > MAX_SCOPE_LEN {
-            return Err(Error::InvalidScope {
-                len: options.scope.len(),
-                max_len: MAX_SCOPE_LEN,
-            });
-        }
+        self.check_scope(options.scope)?;
         let h = hash_key(self.inner.seed, options.scope, key);
         let (fp, lease) = self.options(options)?;
         Ok((h, fp, lease))
@@ -507,14 +502,24 @@ impl<V> Store<V> {
         self.claim_hashed(h, 0, self.inner.lease_nanos)
     }
 
-    /// [`Store::claim_id`] with options; the scope is ignored, since the id is already unique.
+    /// [`Store::claim_id`] with options. Without a scope the id is claimed as
+    /// [`Store::claim_id`] claims it. With one, the identity is a hash of the scope and the id
+    /// (the same id in two scopes is two keys, as for [`Store::claim_with`]; a scope over
+    /// [`MAX_SCOPE_LEN`] bytes gets [`Error::InvalidScope`]), with the odds of a collision of
+    /// keys hashed from bytes, and never the identity of a key of bytes.
     pub fn claim_id_with(
         &self,
         id: u128,
         options: &ClaimOptions<'_>,
     ) -> Result<Claim<'_, V>, Error> {
+        let h = if options.scope.is_empty() {
+            hash_id(self.inner.seed, id)
+        } else {
+            self.check_scope(options.scope)?;
+            hash_scoped_id(self.inner.seed, options.scope, id)
+        };
         let (fp, lease) = self.options(options)?;
-        self.claim_hashed(hash_id(self.inner.seed, id), fp, lease)
+        self.claim_hashed(h, fp, lease)
     }
 
     /// Claims a batch of keys with the default options, handing each outcome to `each` with
@@ -618,6 +623,17 @@ impl<V> Store<V> {
             .fingerprint
             .map_or(0, |f| hash_fingerprint(self.inner.seed, f));
         Ok((fp, lease))
+    }
+
+    #[inline]
+    fn check_scope(&self, scope: &[u8]) -> Result<(), Error> {
+        if scope.len() > MAX_SCOPE_LEN {
+            return Err(Error::InvalidScope {
+                len: scope.len(),
+                max_len: MAX_SCOPE_LEN,
+            });
+        }
+        Ok(())
     }
 
     #[inline]

@@ -284,7 +284,7 @@ fn invalid_extend_after_the_lease_ran_out_is_still_invalid_lease_and_harmless() 
 }
 
 #[test]
-fn claim_id_checks_its_lease_and_ignores_the_scope() {
+fn claim_id_checks_its_lease_and_its_scope() {
     let (store, _hand) = store();
     let before = snapshot(&store);
     let err = store
@@ -292,19 +292,63 @@ fn claim_id_checks_its_lease_and_ignores_the_scope() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidLease { .. }), "{err:?}");
     assert_eq!(snapshot(&store), before);
-    // The id is already unique: a scope, even an over-long one, is documented as ignored.
+    // A scope is checked as for keys of bytes: an over-long one changes nothing.
     let long_scope = vec![b's'; MAX_SCOPE_LEN + 1];
-    let Claim::Acquired(g) = store
+    let err = store
         .claim_id_with(7, &ClaimOptions::new().scope(&long_scope))
-        .unwrap()
-    else {
-        panic!("a new id is acquired")
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::InvalidScope {
+            len: MAX_SCOPE_LEN + 1,
+            max_len: MAX_SCOPE_LEN
+        }
+    );
+    assert_message(&err, &[]);
+    assert_eq!(snapshot(&store), before);
+    assert!(
+        store.claim_id(7).unwrap().is_acquired(),
+        "7 was never claimed"
+    );
+}
+
+#[test]
+fn scoped_ids_are_keys_of_their_scope() {
+    let (store, _hand) = store();
+    let in_scope = |scope: &str| {
+        store
+            .claim_id_with(7, &ClaimOptions::new().scope(scope))
+            .unwrap()
     };
-    g.complete(7).unwrap();
-    match store.claim_id(7).unwrap() {
-        Claim::Completed(r) => assert_eq!(*r.value(), 7),
-        other => panic!("the scope was ignored, so this is the same id: {other:?}"),
+    // The same id in two tenants' scopes is two keys, and neither is the unscoped id.
+    let Claim::Acquired(a) = in_scope("tenant-a") else {
+        panic!("a new key")
     };
+    let Claim::Acquired(b) = in_scope("tenant-b") else {
+        panic!("the same id in another scope is another key")
+    };
+    a.complete(1).unwrap();
+    b.complete(2).unwrap();
+    let replayed = |claim: Claim<'_, u32>| match claim {
+        Claim::Completed(r) => *r.value(),
+        other => panic!("a replay, got {other:?}"),
+    };
+    assert_eq!(replayed(in_scope("tenant-a")), 1);
+    assert_eq!(replayed(in_scope("tenant-b")), 2);
+    let Claim::Acquired(unscoped) = store.claim_id(7).unwrap() else {
+        panic!("the unscoped id is a key of its own")
+    };
+    unscoped.complete(3).unwrap();
+    // An empty scope is no scope, as for keys of bytes.
+    assert_eq!(
+        replayed(store.claim_id_with(7, &ClaimOptions::new()).unwrap()),
+        3
+    );
+    assert_eq!(replayed(in_scope("")), 3);
+    // A scoped id is not the key made of the id's 16 bytes in that scope.
+    let bytes = 7u128.to_le_bytes();
+    let opts = ClaimOptions::new().scope("tenant-a");
+    assert!(store.claim_with(bytes, &opts).unwrap().is_acquired());
 }
 
 // ---------------------------------------------------------------------------------------------
