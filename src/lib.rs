@@ -49,7 +49,11 @@
 //!   [`Guard::extend`].
 //! - A claim that finds an expired lease takes the key over ([`Guard::is_takeover`]) with a
 //!   newer fencing token, whatever the payload fingerprint: an owner that let its lease run out
-//!   is presumed gone. A released key, too, records the fingerprint of its next claim.
+//!   is presumed gone. A released key, too, records the fingerprint of its next claim. A lease
+//!   that ran out is kept for one window (the store's ttl) after it, however soon the engine
+//!   reclaims expired entries, so every claim in that window is told it takes over; after the
+//!   window the key is forgotten, as a completed key is. Such entries are not live: a new key
+//!   at the capacity bound takes their room (their takeover is then not reported).
 //!
 //! # Guarantees, per key, within one store
 //! - Linearizable: every operation takes effect at one instant between call and return.

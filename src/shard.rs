@@ -105,8 +105,13 @@ pub(crate) struct Shard<V> {
     /// The most entries this shard may hold.
     pub(crate) bound: usize,
     /// The store's ttl in ms (rounded up): the soonest an in-flight entry's deadline can
-    /// become if it completes now, which is where its wheel record must be.
+    /// become if it completes now, which is where its wheel record must be; also how long an
+    /// in-flight entry is kept after its lease ran out, for a claim to take it over.
     ttl: u64,
+    /// Whether the table may hold in-flight entries whose lease ran out (kept for a window so
+    /// that the next claim takes them over): a new key refused at the bound rebuilds the table
+    /// without them, since they are not live.
+    lapsed: bool,
     /// The load (percent, 60 to 70) a rebuild sizes the new table for. It differs from shard to
     /// shard so that shards filled at the same pace reach their rebuild points at different
     /// key counts: rebuilds, which hold a shard's lock while they move its entries, then come
@@ -333,6 +338,7 @@ impl<V> ShardCell<V> {
                 bound,
                 ttl,
                 // Spread over 60..=70 by a multiplicative hash of the index.
+                lapsed: false,
                 target_load: 60 + (index.wrapping_mul(0x9e37_79b9) >> 8) % 11,
                 last_nanos: 0,
                 counts: Counts::default(),
@@ -471,10 +477,12 @@ impl<V> Shard<V> {
     /// When the wheel should look at an entry with word `w` next. A completed entry: at its
     /// deadline. An in-flight one: at its lease deadline, or sooner if completing it now would
     /// end its window sooner (ttl shorter than the lease), so a completion, which changes only
-    /// the word, never leaves the record behind its deadline.
+    /// the word, never leaves the record behind its deadline; once its lease ran out, a window
+    /// after that, when it is forgotten.
     #[inline]
     fn record_time(&self, w: Word, now: u64) -> u64 {
         match w.phase() {
+            Phase::InFlight if w.deadline() <= now => w.deadline().saturating_add(self.ttl),
             Phase::InFlight => w.deadline().min(now + self.ttl),
             _ => w.deadline(),
         }
@@ -532,11 +540,22 @@ impl<V> Shard<V> {
                 }
                 false
             }
-            Phase::InFlight => {
+            Phase::InFlight if w.is_lapsed(now, self.ttl) => {
                 self.counts.lease_expiries += 1;
                 self.counts.takeovers += 1;
                 event!("claim takes over a key whose lease ran out");
+                if w.deadline().saturating_add(self.ttl) > lease_deadline.min(now + self.ttl) {
+                    // The record may have been filed again at the end of the lapsed lease's
+                    // window, later than this life may end.
+                    cell.shortened.store(true, Ordering::Relaxed);
+                }
                 true
+            }
+            Phase::InFlight => {
+                // Its lease ran out a whole window ago: forgotten, as a completed key is.
+                self.counts.lease_expiries += 1;
+                self.counts.acquired += 1;
+                false
             }
             Phase::Completed => {
                 self.counts.ttl_expiries += 1;
@@ -568,16 +587,19 @@ impl<V> Shard<V> {
             self.expire_queue_near(cell, now, usize::MAX);
             if self.table.occupied() >= self.bound
                 && (cell.vacant.load(Ordering::Relaxed) > 0
-                    || cell.shortened.load(Ordering::Relaxed))
+                    || cell.shortened.load(Ordering::Relaxed)
+                    || self.lapsed)
             {
-                self.rebuild(cell, now);
+                // Without released keys, and without lapsed leases: not live, they give way to
+                // a new key rather than have it refused.
+                self.rebuild(cell, now, 0);
             }
             if self.table.occupied() >= self.bound {
                 return None;
             }
         }
         if self.table.needs_rebuild() {
-            self.rebuild(cell, now);
+            self.rebuild(cell, now, self.ttl);
         } else if self.table.near_rebuild() {
             self.order_spare(cell);
         }
@@ -659,7 +681,7 @@ impl<V> Shard<V> {
     /// new slots. Moves entries into the spare table if one was made and fits; the old table is
     /// left in `retired` for the claim to free after the lock.
     #[cold]
-    pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64) {
+    pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64, lapse: u64) {
         let held = self.table.occupied();
         let survivors = held.saturating_sub(cell.vacant.load(Ordering::Relaxed));
         let capacity = self.rebuild_capacity(survivors);
@@ -679,7 +701,10 @@ impl<V> Shard<V> {
             moved,
             lease_expiries,
             ttl_expiries,
-        } = self.table.rebuild(spare, now, Some(&cell.help));
+        } = self.table.rebuild(spare, now, lapse, Some(&cell.help));
+        if lapse == 0 {
+            self.lapsed = false;
+        }
         self.counts.lease_expiries += lease_expiries;
         self.counts.ttl_expiries += ttl_expiries;
         let old = std::mem::replace(&mut self.table, next);
@@ -802,17 +827,16 @@ impl<V> Shard<V> {
             Phase::Vacant => {
                 cell.vacant.fetch_sub(1, Ordering::Relaxed);
             }
-            _ if w.deadline() <= now => {
-                if w.phase() == Phase::InFlight {
-                    self.counts.lease_expiries += 1;
-                } else {
-                    self.counts.ttl_expiries += 1;
+            _ if w.is_held(now, self.ttl) => {
+                if w.phase() == Phase::InFlight && w.deadline() <= now {
+                    // Lapsed: kept for a claim to take over, until a window after its lease.
+                    self.lapsed = true;
                 }
-            }
-            _ => {
                 self.file_again(idx, w, now);
                 return false;
             }
+            Phase::InFlight => self.counts.lease_expiries += 1,
+            Phase::Completed => self.counts.ttl_expiries += 1,
         }
         self.table.remove(i);
         true
@@ -1082,19 +1106,18 @@ mod tests {
         let done = word.with(Phase::Completed, 4 + DAY);
         assert!(s.complete(&h, NO_HINT, word, done, None, 4).is_ok());
         assert_eq!((s.wheel.len(), s.queue.len()), (41, 1));
-        assert_eq!(
-            s.expire(&c, 30_003, usize::MAX),
-            40,
-            "the leases of 100..140"
-        );
-        assert_eq!((s.wheel.len(), s.queue.len()), (0, 2));
+        // The leases of 100..140 run out: those entries are kept a window longer, for a claim
+        // to take them over, their records filed again at that window's end.
+        assert_eq!(s.expire(&c, 30_003, usize::MAX), 0);
+        assert_eq!((s.wheel.len(), s.queue.len()), (40, 2));
         let i = s.table.find(&h).expect("held");
         assert!(s.table.word(i).queued());
         // Both expire at their windows' ends (in maintenance-style passes: the claim path
-        // takes a chunk of the queue once all of it is due).
-        for at in [d, 4 + DAY] {
+        // takes a chunk of the queue once all of it is due), and the lapsed leases a window
+        // after they ran out.
+        for (at, n) in [(d, 1), (4 + DAY, 1), (30_003 + DAY, 40)] {
             let reclaimed = s.expire(&c, at, usize::MAX) + s.expire_queue_near(&c, at, usize::MAX);
-            assert_eq!(reclaimed, 1, "at {at}");
+            assert_eq!(reclaimed, n, "at {at}");
         }
         assert_eq!(s.table.occupied(), 0);
     }
@@ -1246,8 +1269,11 @@ mod tests {
         assert_eq!(s.expire(&c, others_end, usize::MAX), 10);
         assert!(s.table.find(&hash_id(1, 7)).is_some());
         assert_eq!((s.wheel.len(), s.queue.len()), (1, 0));
-        // The new lease runs out: reclaimed as a lease expiry.
-        assert_eq!(s.expire(&c, d + 30_000, usize::MAX), 1);
+        // The new lease runs out: kept a window longer (for a claim to take it over), then
+        // reclaimed as a lease expiry.
+        assert_eq!(s.expire(&c, d + 30_000, usize::MAX), 0);
+        assert!(s.table.find(&hash_id(1, 7)).is_some());
+        assert_eq!(s.expire(&c, d + 30_000 + DAY, usize::MAX), 1);
         assert!(s.table.find(&hash_id(1, 7)).is_none());
         assert_eq!(s.counts.lease_expiries, 1);
     }
@@ -1288,7 +1314,7 @@ mod tests {
         // A lease was shortened somewhere: the next rebuild files every record afresh, in the
         // wheel, and unmarks the queued words.
         c.shortened.store(true, Ordering::Relaxed);
-        c.lock.write().rebuild(&c, 40_000);
+        c.lock.write().rebuild(&c, 40_000, 86_400_000);
         assert_eq!(records(&c), (50, 0));
         // Traffic goes on (a claim a minute, abandoned); the 50 records come due early, at
         // their wheel slots' starts, hours before their windows end: back to the queue.
@@ -1376,6 +1402,8 @@ mod tests {
         for (idx, when) in s.wheel.staged_records() {
             let w = s.table.word(idx as usize);
             let bound = match w.phase() {
+                // A lapsed lease's record waits for the end of the window after it.
+                Phase::InFlight if w.deadline() <= now => w.deadline() + s.ttl,
                 Phase::InFlight => w.deadline().min(now + s.ttl),
                 _ => w.deadline(),
             };
@@ -1491,11 +1519,13 @@ mod tests {
                             check_records(&s, &ctx);
                             // Unless a lease was shortened, the only dead entries left are
                             // released ones whose lease has not run out (their records come
-                            // due at its end).
+                            // due at its end) and lapsed leases within the window after them
+                            // (kept for a claim to take over).
                             if !c.shortened.load(Ordering::Relaxed) {
                                 for (i, w) in dead(&s, now) {
                                     assert!(
-                                        w.phase() == Phase::Vacant && w.deadline() > now,
+                                        (w.phase() == Phase::Vacant && w.deadline() > now)
+                                            || w.is_lapsed(now, s.ttl),
                                         "dead entry {i} {w:?} left after maintenance: {ctx}"
                                     );
                                 }
@@ -1623,9 +1653,11 @@ mod tests {
             id += 1;
         }
         let spare = c.lock.read().spare.as_ref().unwrap().capacity();
-        // Every lease runs out; expiry takes the shard far below its rebuild point.
+        // Every lease runs out and its window after it; expiry takes the shard far below its
+        // rebuild point.
         let mut s = c.lock.write();
-        assert_eq!(s.expire(&c, 40_000, usize::MAX), id as usize);
+        assert_eq!(s.expire(&c, 40_000, usize::MAX), 0, "lapsed: kept a window");
+        assert_eq!(s.expire(&c, 40_000 + DAY, usize::MAX), id as usize);
         assert!(s.spare.is_none(), "the spare is given back");
         assert!(!s.table.near_rebuild());
         c.unlock(s, &pool);
@@ -1687,7 +1719,7 @@ mod tests {
         // A rebuild that does not grow the shard (nothing new came in): its old table is kept.
         let mut s = a.lock.write();
         let kept_capacity = s.table.capacity();
-        s.rebuild(&a, 1);
+        s.rebuild(&a, 1, 86_400_000);
         a.unlock(s, &pool);
         assert_eq!(pool.tables.read().len(), 1);
         assert_eq!(pool.heap_bytes(), pool.tables.read()[0].heap_bytes());
@@ -1750,7 +1782,7 @@ mod tests {
         assert!(s
             .deliver(generation, Spare::new(1040, false, 1344))
             .is_none());
-        s.rebuild(&c, 1);
+        s.rebuild(&c, 1, 86_400_000);
         assert_eq!(
             s.table.capacity(),
             1344,
@@ -1784,7 +1816,7 @@ mod tests {
         let c = cell(64);
         let mut s = c.lock.write();
         let generation = s.rebuilds;
-        s.rebuild(&c, 1);
+        s.rebuild(&c, 1, 86_400_000);
         let late = Spare::new(128, false, 64);
         assert!(s.deliver(generation, late).is_some());
         assert!(s.spare.is_none());
@@ -1803,7 +1835,7 @@ mod tests {
         let mut s = c.lock.write();
         let generation = s.rebuilds;
         assert!(s.deliver(generation, Spare::new(16, false, 8192)).is_none());
-        s.rebuild(&c, 1);
+        s.rebuild(&c, 1, 86_400_000);
         assert!(
             s.table.capacity() >= 1000 * 100 / 70,
             "sized for its entries"

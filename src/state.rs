@@ -111,6 +111,23 @@ impl Word {
         !matches!(self.phase(), Phase::Vacant) && now < self.deadline()
     }
 
+    /// Whether an in-flight entry's lease ran out less than `lapse` ms before `now`: a claim
+    /// takes it over (the entry is kept that long after its lease ends, so that the next claim
+    /// is told it took over, whenever the engine reclaims memory).
+    #[inline]
+    pub(crate) const fn is_lapsed(self, now: u64, lapse: u64) -> bool {
+        matches!(self.phase(), Phase::InFlight)
+            && self.deadline() <= now
+            && now < self.deadline().saturating_add(lapse)
+    }
+
+    /// Whether the entry must be kept at `now`: live, or an in-flight entry whose lease ran out
+    /// less than `lapse` ms ago (see [`Word::is_lapsed`]).
+    #[inline]
+    pub(crate) const fn is_held(self, now: u64, lapse: u64) -> bool {
+        self.is_live(now) || self.is_lapsed(now, lapse)
+    }
+
     #[inline]
     pub(crate) const fn with(self, phase: Phase, deadline: u64) -> Self {
         Self::new(phase, self.token_bits(), deadline)
@@ -203,6 +220,22 @@ mod tests {
         assert!(w.is_live(99));
         assert!(!w.is_live(100), "at the deadline the key is expired");
         assert!(!Word::new(Phase::Vacant, 1, 100).is_live(0));
+    }
+
+    #[test]
+    fn a_lapsed_lease_is_held_for_the_window_after_it() {
+        let w = Word::new(Phase::InFlight, 1, 100);
+        assert!(w.is_held(99, 50) && !w.is_lapsed(99, 50), "live");
+        assert!(w.is_lapsed(100, 50) && w.is_held(100, 50), "ran out");
+        assert!(w.is_lapsed(149, 50));
+        assert!(!w.is_lapsed(150, 50) && !w.is_held(150, 50), "forgotten");
+        assert!(!w.is_held(100, 0), "no window: as is_live");
+        assert!(Word::new(Phase::InFlight, 1, MAX_DEADLINE).is_lapsed(MAX_DEADLINE, u64::MAX));
+        // Only leases lapse: a window that ended, or a released key, is not held.
+        for phase in [Phase::Completed, Phase::Vacant] {
+            let w = Word::new(phase, 1, 100);
+            assert!(!w.is_lapsed(100, 50) && !w.is_held(100, 50), "{phase:?}");
+        }
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub struct Stats {
     pub completions: u64,
     /// Keys released by their owner (explicitly or by dropping the guard).
     pub releases: u64,
-    /// Leases that ran out before their owner finished (counted when taken over or reclaimed).
+    /// Leases that ran out before their owner finished (counted when taken over, or when
+    /// reclaimed: a window after the lease, or sooner for a new key's room at the bound).
     pub lease_expiries: u64,
     /// Completed keys whose dedup window ended (counted when reused or reclaimed).
     pub ttl_expiries: u64,
-    /// Entries held now, including expired and released ones not yet reclaimed.
+    /// Entries held now, including expired and released ones not yet reclaimed, and leases that
+    /// ran out less than a window ago (kept for a takeover).
     pub entries: usize,
     /// The configured bound on entries.
     pub max_entries: usize,

@@ -922,7 +922,10 @@ impl<'a, V> Guard<'a, V> {
     }
 
     /// Whether this claim took the key over from an owner whose lease ran out (the earlier
-    /// attempt may have done part of the work).
+    /// attempt may have done part of the work, and may still be running): true for a claim
+    /// within one window (the store's ttl) of that lease's end, whether or not the engine has
+    /// reclaimed expired entries meanwhile. Not reported after the window, when the key is
+    /// forgotten, nor where a new key at the store's capacity bound took the entry's room.
     pub fn is_takeover(&self) -> bool {
         self.takeover
     }

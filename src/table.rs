@@ -445,6 +445,8 @@ struct Mover<'a> {
     new_from: usize,
     new_groups: usize,
     now: u64,
+    /// In-flight entries are kept this long (ms) after their lease ran out ([`Word::is_held`]).
+    lapse: u64,
     placed: usize,
     lease_expiries: u64,
     ttl_expiries: u64,
@@ -462,7 +464,7 @@ impl Mover<'_> {
             }
             let s = &self.old_slots[i];
             let w = s.word.load(Ordering::Relaxed);
-            if !w.is_live(self.now) {
+            if !w.is_held(self.now, self.lapse) {
                 match w.phase() {
                     Phase::Vacant => {}
                     Phase::InFlight => self.lease_expiries += 1,
@@ -918,13 +920,25 @@ impl<V> Table<V> {
     /// that finds the shard locked meanwhile (see [`Help`]); the halves write to disjoint parts
     /// of the new table, and the few entries whose slots would cross the cut are placed after
     /// both are done.
-    pub(crate) fn rebuild(&mut self, into: Spare<V>, now: u64, help: Option<&Help>) -> Rebuilt<V> {
+    pub(crate) fn rebuild(
+        &mut self,
+        into: Spare<V>,
+        now: u64,
+        lapse: u64,
+        help: Option<&Help>,
+    ) -> Rebuilt<V> {
         let help = help.filter(|_| self.capacity() >= HELP_MIN_CAPACITY);
-        self.rebuild_split(into, now, help)
+        self.rebuild_split(into, now, lapse, help)
     }
 
     /// [`Table::rebuild`], offering half the moves to `help` whatever the table's size.
-    fn rebuild_split(&mut self, into: Spare<V>, now: u64, help: Option<&Help>) -> Rebuilt<V> {
+    fn rebuild_split(
+        &mut self,
+        into: Spare<V>,
+        now: u64,
+        lapse: u64,
+        help: Option<&Help>,
+    ) -> Rebuilt<V> {
         let Spare {
             table: mut next,
             mut moved,
@@ -959,6 +973,7 @@ impl<V> Table<V> {
             new_from,
             new_groups,
             now,
+            lapse,
             placed: 0,
             lease_expiries: 0,
             ttl_expiries: 0,
@@ -1220,7 +1235,7 @@ mod tests {
             table: rebuilt,
             moved,
             ..
-        } = t.rebuild(Spare::new(32, true, t.capacity()), 0, None);
+        } = t.rebuild(Spare::new(32, true, t.capacity()), 0, 0, None);
         assert_eq!(rebuilt.occupied(), 7);
         for (i, h) in keys.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
             let _ = i;
@@ -1516,7 +1531,7 @@ mod tests {
         let mut t: Table<()> = Table::new(5000, false);
         let keys = insert(&mut t, 11, 4000, 0);
         let spare = Spare::recycled(donor, t.capacity());
-        let r = t.rebuild(spare, 10, None);
+        let r = t.rebuild(spare, 10, 0, None);
         for h in &keys {
             let at = r.table.find(h).expect("moved");
             assert_eq!(r.table.fingerprint(at), 0, "no fingerprint of the donor's");
@@ -1530,7 +1545,7 @@ mod tests {
             let spare = Spare::new(cap * 3 / 2, false, t.capacity());
             // Nobody takes the offer: the rebuild moves both halves itself.
             let help = Help::default();
-            let r = t.rebuild(spare, 10, Some(&help));
+            let r = t.rebuild(spare, 10, 0, Some(&help));
             check_rebuilt(&t, &r, &keys);
             assert_eq!(help.state.load(Ordering::Relaxed), IDLE);
         }
@@ -1552,7 +1567,7 @@ mod tests {
             // Growing and not, so that the cut between the halves falls at different places.
             for (cap, grown) in [(40_000, 60_000), (40_000, 40_000), (70_001, 100_003)] {
                 let (mut t, keys) = filled(cap);
-                let r = t.rebuild(Spare::new(grown, false, t.capacity()), 10, Some(&help));
+                let r = t.rebuild(Spare::new(grown, false, t.capacity()), 10, 0, Some(&help));
                 check_rebuilt(&t, &r, &keys);
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1580,6 +1595,7 @@ mod tests {
             new_from: 0,
             new_groups: 60_000 / GROUP,
             now: 10,
+            lapse: 0,
             placed: 0,
             lease_expiries: 0,
             ttl_expiries: 0,
@@ -1641,7 +1657,7 @@ mod loom_models {
                 };
                 t.insert_at(pos, h, Word::new(Phase::InFlight, i as u64, 100), 0);
             }
-            let r = t.rebuild_split(Spare::new(48, false, t.capacity()), 1, Some(&help));
+            let r = t.rebuild_split(Spare::new(48, false, t.capacity()), 1, 0, Some(&help));
             helper.join().unwrap();
             assert_eq!(r.table.occupied(), keys.len());
             for h in &keys {

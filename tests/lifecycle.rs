@@ -108,6 +108,67 @@ fn maintenance_reclaims_idle_shards() {
     assert_eq!(s.entries, 0);
 }
 
+/// Whether a claim is told it takes over a lease that ran out depends only on time, not on
+/// whether the engine reclaimed expired entries first (maintenance, or other claims' expiry
+/// work): the lapsed lease is kept for a window after it, then forgotten.
+#[test]
+fn takeovers_are_reported_whenever_expired_entries_are_reclaimed() {
+    let (clock, hand) = Clock::manual();
+    let store: Store<u32> = Store::builder()
+        .ttl(Duration::from_secs(60))
+        .lease(Duration::from_secs(30))
+        .shards(1)
+        .clock(clock)
+        .build()
+        .unwrap();
+    let acquire = |key: &str| match store.claim(key).unwrap() {
+        Claim::Acquired(g) => g,
+        other => panic!("{key}: {other:?}"),
+    };
+    // Owners that stall: their leases run out.
+    let stalled: Vec<_> = ["a", "b", "c"].into_iter().map(acquire).collect();
+    hand.advance(Duration::from_secs(30));
+    // Maintenance runs, and other keys' claims take due records: nothing is reclaimed that a
+    // claim could still take over.
+    assert_eq!(store.run_maintenance(), 0);
+    for i in 0..20u32 {
+        acquire(&format!("other-{i}")).complete(i).unwrap();
+    }
+    assert_eq!(store.len(), 23);
+    let a = acquire("a");
+    assert!(a.is_takeover(), "taken over after maintenance ran");
+    assert!(a.token() > stalled[0].token());
+    // Up to the last millisecond of the window after the lease, still a takeover.
+    hand.advance(Duration::from_millis(59_999));
+    store.run_maintenance();
+    let b = acquire("b");
+    assert!(
+        b.is_takeover(),
+        "taken over at the window's last millisecond"
+    );
+    // A window after the lease ran out, the key is forgotten, as a completed key is, and its
+    // memory reclaimed.
+    hand.advance(Duration::from_millis(1));
+    assert_eq!(
+        store.run_maintenance(),
+        21,
+        "c, forgotten, and the other keys' windows"
+    );
+    let c = acquire("c");
+    assert!(!c.is_takeover(), "forgotten a window after its lease");
+    let s = store.stats();
+    assert_eq!((s.takeovers, s.lease_expiries), (2, 3));
+    // The stale owners are fenced out throughout.
+    for (g, value) in stalled.into_iter().zip(1..) {
+        assert_eq!(g.complete(value), Err(Error::LeaseLost));
+    }
+    c.complete(3).unwrap();
+    b.complete(2).unwrap();
+    assert!(store.claim("c").unwrap().is_completed());
+    assert!(store.claim("b").unwrap().is_completed());
+    assert_eq!(store.stats().releases, 0);
+}
+
 #[test]
 fn background_thread_reclaims_without_calls() {
     let (clock, hand) = Clock::manual();

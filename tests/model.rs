@@ -159,16 +159,30 @@ struct Model {
     entries: HashMap<Key, Entry>,
     last_token: HashMap<Key, u64>,
     counts: Counts,
-    /// The latest deadline ever given to an entry: once the clock passes it and maintenance
-    /// runs, the store must hold nothing.
+    /// The latest deadline ever given to an entry (for a lease, the end of the window after
+    /// it): once the clock passes it and maintenance runs, the store must hold nothing.
     max_deadline: u64,
+    /// The store's ttl (ms): how long an entry whose lease ran out is kept for a takeover.
+    ttl: u64,
+}
+
+/// Whether an acquisition must, may or must not report a takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Takeover {
+    /// The key's lease ran out less than a window ago: it is kept for this claim to take over.
+    Required,
+    /// As `Required`, but the store is bounded: a new key at the bound may have taken its room
+    /// (a lapsed lease is not live, so it gives way rather than have the new key refused).
+    Allowed,
+    /// Not in flight, or its lease ran out a window ago or more (forgotten).
+    Forbidden,
 }
 
 /// What the model says a claim must return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expected {
     Acquired {
-        takeover_allowed: bool,
+        takeover: Takeover,
     },
     InProgress {
         retry_after: u64,
@@ -185,7 +199,7 @@ enum Expected {
 }
 
 impl Model {
-    fn new(exact_bound: Option<usize>) -> Self {
+    fn new(exact_bound: Option<usize>, ttl: u64) -> Self {
         Self {
             now: 0,
             exact_bound,
@@ -193,6 +207,7 @@ impl Model {
             last_token: HashMap::new(),
             counts: Counts::default(),
             max_deadline: 0,
+            ttl,
         }
     }
 
@@ -247,9 +262,17 @@ impl Model {
                         return Expected::Full;
                     }
                 }
-                Expected::Acquired {
-                    takeover_allowed: matches!(other, Some(Entry::InFlight { .. })),
-                }
+                let takeover = match other {
+                    Some(&Entry::InFlight { deadline, .. }) if self.now < deadline + self.ttl => {
+                        if self.exact_bound.is_some() {
+                            Takeover::Allowed
+                        } else {
+                            Takeover::Required
+                        }
+                    }
+                    _ => Takeover::Forbidden,
+                };
+                Expected::Acquired { takeover }
             }
         }
     }
@@ -333,7 +356,7 @@ fn run(shape: Shape, ops: &[Op]) {
         .build()
         .expect("valid configuration");
     let exact = (shape.shards == 1 && shape.max_entries != ROOMY).then_some(shape.max_entries);
-    let mut m = Model::new(exact);
+    let mut m = Model::new(exact, ttl_ms);
     // Declared after the store: dropped (and so released) before it.
     let mut guards: Vec<Live<'_>> = Vec::new();
 
@@ -380,7 +403,7 @@ fn run(shape: Shape, ops: &[Op]) {
                 let lease_ms = lease.unwrap_or(LEASE_MS) * sc;
                 let expected = m.expect_claim(k, fingerprint);
                 match (expected, result) {
-                    (Expected::Acquired { takeover_allowed }, Ok(Claim::Acquired(guard))) => {
+                    (Expected::Acquired { takeover }, Ok(Claim::Acquired(guard))) => {
                         let token = guard.token();
                         if let Some(&last) = m.last_token.get(&k) {
                             assert!(
@@ -392,13 +415,21 @@ fn run(shape: Shape, ops: &[Op]) {
                         m.last_token.insert(k, token);
                         if guard.is_takeover() {
                             assert!(
-                                takeover_allowed,
+                                takeover != Takeover::Forbidden,
                                 "{}: reported a takeover, but the key was not in flight with \
-                                 an expired lease (model: {:?})",
+                                 a lease that ran out less than a window ago (model: {:?})",
                                 here(),
                                 m.entries.get(&k)
                             );
                             m.counts.reported_takeovers += 1;
+                        } else {
+                            assert!(
+                                takeover != Takeover::Required,
+                                "{}: no takeover reported, but the key's lease ran out less \
+                                 than a window ago (model: {:?})",
+                                here(),
+                                m.entries.get(&k)
+                            );
                         }
                         assert_eq!(guard.lease_deadline(), ms(m.now + lease_ms), "{}", here());
                         assert_eq!(guard.lease_remaining(), ms(lease_ms), "{}", here());
@@ -411,7 +442,7 @@ fn run(shape: Shape, ops: &[Op]) {
                                 fp: fingerprint,
                             },
                         );
-                        m.bump_deadline(m.now + lease_ms);
+                        m.bump_deadline(m.now + lease_ms + ttl_ms);
                         guards.push(Live {
                             guard,
                             key: k,
@@ -527,7 +558,7 @@ fn run(shape: Shape, ops: &[Op]) {
                     {
                         *d = deadline;
                     }
-                    m.bump_deadline(deadline);
+                    m.bump_deadline(deadline + ttl_ms);
                 } else {
                     assert_eq!(result, Err(Error::LeaseLost), "{}: a stale extend", here());
                 }

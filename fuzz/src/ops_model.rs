@@ -309,8 +309,9 @@ struct Entry {
     /// The fingerprint recorded by the claim that last acquired the key.
     fp: Option<u8>,
     last_token: u64,
-    /// The latest deadline the key ever had: once maintenance runs at or after it, the entry's
-    /// memory must have been reclaimed.
+    /// The latest deadline the key ever had (for a lease, the end of the window after it, which
+    /// is how long a lapsed lease is kept for a takeover): once maintenance runs at or after it,
+    /// the entry's memory must have been reclaimed.
     hold_until: u64,
     /// False once the entry is certainly reclaimed; true if the store may still hold it.
     maybe_present: bool,
@@ -587,9 +588,10 @@ impl Model {
                 } else if now < h.deadline {
                     assert_eq!(result, Ok(()), "{ctx}: extend within the lease");
                     let deadline = now + d.as_millis() as u64;
+                    let ttl = self.config.ttl_ms;
                     let e = self.owned_entry(&h.ident, h.token, h.deadline, ctx);
                     e.state = State::InFlight { deadline };
-                    e.hold_until = e.hold_until.max(deadline);
+                    e.hold_until = e.hold_until.max(deadline + ttl);
                     h.deadline = deadline;
                 } else {
                     assert_eq!(
@@ -791,10 +793,14 @@ impl Model {
                 }
                 self.last_store_token = self.last_store_token.max(token);
                 if g.is_takeover() {
+                    // A lease that ran out is kept for a window after it (unless a new key at
+                    // the capacity bound needed its room), and forgotten after that.
+                    let ttl = self.config.ttl_ms;
                     assert!(
                         matches!(prev, Some(p) if p.maybe_present
-                            && matches!(p.state, State::InFlight { .. })),
-                        "{ctx}: takeover of {ident:?}, which had no expired lease: {prev:?}"
+                            && matches!(p.state, State::InFlight { deadline } if now < deadline + ttl)),
+                        "{ctx}: takeover of {ident:?}, which had no lease that ran out less than \
+                         a window ago: {prev:?}"
                     );
                     self.counts.takeovers += 1;
                 } else {
@@ -808,7 +814,9 @@ impl Model {
                         other.deadline
                     );
                 }
-                let hold_until = prev.map_or(0, |p| p.hold_until).max(deadline);
+                let hold_until = prev
+                    .map_or(0, |p| p.hold_until)
+                    .max(deadline + self.config.ttl_ms);
                 self.entries.insert(
                     ident.clone(),
                     Entry {
