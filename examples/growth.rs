@@ -13,14 +13,16 @@
 //! per new key (user + system time of the process, which on a shared machine wanders less than
 //! wall time), growing and sized, and the summary the medians over the rounds and the median of
 //! each round's difference: the cost of growth. One thread, so that no claim waits on another's
-//! rebuild and the difference is the work growth adds.
+//! rebuild and the difference is the work growth adds. The rebuilds column counts idemstore's
+//! table rebuilds in the timed half, growing / sized (a sized store should make none).
 //!
 //! Taking N more keys into a structure of N spans a full growth cycle of both. idemstore grows a
-//! shard's table about 1.4× at a time (it rebuilds at a load of 0.9, into a table at 0.6 to 0.7),
-//! so each new key pays for about 1.4 / 0.4 = 3.5 moves of older entries; hashbrown doubles at a
-//! load of 0.875, two moves per new key (dashmap's shards each double once on the way from N to
-//! 2N, moving about 1.5 entries per new key). idemstore's smaller steps are what keeps its tables
-//! within 40 bytes per entry; the moves are bound by memory bandwidth.
+//! shard's table about 1.4× at a time (it rebuilds at a load of 0.9, into a table at 0.6 to 0.7):
+//! over one rebuild cycle each new key pays for g / (g − 1) ≈ 3.5 moves of older entries, and
+//! over a doubling, with shards at different points of their cycles, about 1 / ln g ≈ 3 (2.9
+//! counted at N = 10 M). hashbrown doubles at a load of 0.875: dashmap's shards each double once
+//! between N and 2N, anywhere from 1 to 2 moves per new key depending on N (1.47 at 10 M, 1.84 at
+//! 1 M). idemstore's smaller steps are what keeps its tables within 40 bytes per entry.
 
 use std::time::Duration;
 
@@ -128,7 +130,7 @@ fn dashmap(n: u64, sized: bool) -> f64 {
 /// CPU time of this process (user + system): steadier than wall time on a shared machine, and
 /// the timed work is this one thread's (the store's clock thread wakes once a millisecond).
 fn cpu_time() -> Duration {
-    measure::cpu_time().expect("/proc/self/stat (this example measures on Linux only)")
+    measure::cpu_time().expect("a process CPU clock (this example measures on Linux only)")
 }
 
 fn per_key(elapsed: Duration, n: u64) -> f64 {
@@ -137,7 +139,12 @@ fn per_key(elapsed: Duration, n: u64) -> f64 {
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    let mid = xs.len() / 2;
+    if xs.len().is_multiple_of(2) {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    } else {
+        xs[mid]
+    }
 }
 
 fn main() {
@@ -158,11 +165,15 @@ fn main() {
     let mut rows = Vec::new();
     for round in 1..=args.rounds {
         let (grow, rebuilds) = idemstore(n, false);
-        let (sized, _) = idemstore(n, true);
+        let (sized, sized_rebuilds) = idemstore(n, true);
         let row = [grow, sized, dashmap(n, false), dashmap(n, true)];
         println!(
-            "{round:>5} {:>16.1} {:>16.1} {:>16.1} {:>16.1} {rebuilds:>9}",
-            row[0], row[1], row[2], row[3]
+            "{round:>5} {:>16.1} {:>16.1} {:>16.1} {:>16.1} {:>9}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            format!("{rebuilds}/{sized_rebuilds}")
         );
         rows.push(row);
     }

@@ -51,7 +51,7 @@
 //! behind does not skip anything. Latency is completion − intended start, so time spent queued
 //! behind a slow operation counts (no coordinated omission). Operations still due when the time
 //! is up are reported as `backlog`. With `--rate max` (closed loop) latency is the time of each
-//! operation, and CPU time per claim (all threads, from `/proc/self/stat`) is reported too; in
+//! operation, and CPU time per claim (all threads, `CLOCK_PROCESS_CPUTIME_ID`) is reported too; in
 //! an open loop the threads' waiting would be in it, so it is not. Latencies go into one HDR
 //! histogram per thread (1 ns resolution, 3 significant digits), merged at the end. Wall time is
 //! read from the TSC (`quanta`, as the engine does). `--timeline` adds each second's claims,

@@ -41,7 +41,7 @@ use keys::key;
 
 /// CPU time of this process; this example measures on Linux only.
 fn cpu_time() -> Duration {
-    measure::cpu_time().expect("/proc/self/stat (this example measures on Linux only)")
+    measure::cpu_time().expect("a process CPU clock (this example measures on Linux only)")
 }
 
 /// A field of `/proc/self/status` in bytes; this example measures memory on Linux only.
