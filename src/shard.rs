@@ -464,7 +464,10 @@ impl<V> Shard<V> {
         let token = self.take_token();
         let word = Word::new(Phase::InFlight, token, lease.deadline());
         self.table.insert_at(pos, h, word, fingerprint);
-        self.wheel.insert(self.record_time(word, now), pos as u32);
+        // A new lease, not run out: its record time as `record_time` gives it, without the
+        // phase tests.
+        self.wheel
+            .insert(word.deadline().min(now + self.ttl), pos as u32);
         self.counts.acquired += 1;
         Outcome::Acquired {
             token,
@@ -526,8 +529,23 @@ impl<V> Shard<V> {
                 }
             };
         }
-        // Released, or its lease or window ran out: the entry is reused in place. Its wheel
-        // record stays (one per slot) and is filed again at the new deadline when it fires.
+        self.claim_again(cell, i, w, fingerprint, now, lease)
+    }
+
+    /// A claim of the entry in slot `i` (word `w`), released, or whose lease or window ran
+    /// out: the entry is reused in place. Its wheel record stays (one per slot) and is filed
+    /// again at the new deadline when it fires. Out of line: replays and claims of new keys,
+    /// the common cases, stay short.
+    #[inline(never)]
+    fn claim_again(
+        &mut self,
+        cell: &ShardCell<V>,
+        i: usize,
+        w: Word,
+        fingerprint: u64,
+        now: u64,
+        lease: Lease,
+    ) -> Outcome<V> {
         let lease_deadline = lease.deadline();
         let takeover = match w.phase() {
             Phase::Vacant => {
