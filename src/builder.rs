@@ -296,16 +296,19 @@ impl<V> Builder<V> {
             .map(|i| {
                 let bound = base + usize::from(i < extra);
                 let ttl = ttl_nanos.div_ceil(1_000_000);
-                CachePadded::new(ShardCell::new(
-                    i,
-                    bound,
-                    ttl,
-                    per_shard_capacity,
-                    now,
-                    self.huge_pages,
-                ))
+                ShardCell::try_new(i, bound, ttl, per_shard_capacity, now, self.huge_pages)
+                    .map(CachePadded::new)
             })
-            .collect();
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "the tables for initial_capacity {} could not be allocated (about {} bytes \
+                     of memory); use a smaller initial_capacity, or none, and let the tables \
+                     grow",
+                    self.initial_capacity,
+                    per_shard_capacity.saturating_mul(shards).saturating_mul(25)
+                ))
+            })?;
         let inner = Arc::new(Inner {
             shards: cells,
             shard_bits: shards.trailing_zeros(),

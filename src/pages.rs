@@ -8,7 +8,7 @@
 //! mapping is fresh zero pages, faulted in on first touch, so a new table costs nothing until
 //! it is used. Smaller arrays, and other systems, use the global allocator's zeroed memory.
 
-use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
@@ -31,33 +31,30 @@ unsafe impl<T: Sync> Sync for ZeroedArray<T> {}
 
 impl<T> ZeroedArray<T> {
     /// `len` elements of all-zero bytes; on huge pages if `huge` and the array is large enough.
+    /// `None` if the memory cannot be had (nor the layout made).
     ///
     /// # Safety
     /// All-zero bytes must be a valid value of `T`.
-    pub(crate) unsafe fn new(len: usize, huge: bool) -> Self {
-        let layout = Layout::array::<T>(len.max(1))
-            .expect("invariant: table sizes are bounded far below isize::MAX bytes");
+    pub(crate) unsafe fn try_new(len: usize, huge: bool) -> Option<Self> {
+        let layout = Layout::array::<T>(len.max(1)).ok()?;
         #[cfg(target_os = "linux")]
         if huge && layout.size() >= HUGE_PAGE && layout.align() <= HUGE_PAGE {
             if let Some(ptr) = map_huge(layout.size()) {
-                return Self {
+                return Some(Self {
                     ptr: ptr.cast(),
                     len,
                     mapped: true,
-                };
+                });
             }
         }
         // SAFETY: the layout's size is non-zero (at least one element, and `T` is never
         // zero-sized here: the tables store slots and tag bytes).
         let ptr = unsafe { alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(ptr.cast::<T>()) else {
-            handle_alloc_error(layout)
-        };
-        Self {
-            ptr,
+        Some(Self {
+            ptr: NonNull::new(ptr.cast::<T>())?,
             len,
             mapped: false,
-        }
+        })
     }
 
     /// Faults the whole array in now, writable, in one system call: for an array about to be
@@ -245,7 +242,7 @@ mod tests {
     fn populated_arrays_stay_zeroed() {
         for len in [1000, (5 << 20) / 8 + 3] {
             // SAFETY: zero is a valid u64.
-            let mut a = unsafe { ZeroedArray::<u64>::new(len, true) };
+            let mut a = unsafe { ZeroedArray::<u64>::try_new(len, true) }.unwrap();
             a.populate();
             assert!(a.iter().all(|&x| x == 0));
             a[len - 1] = 7;
@@ -257,7 +254,7 @@ mod tests {
     fn grown_arrays_keep_their_elements_and_add_zeros() {
         let len = (5 << 20) / 8 + 3;
         // SAFETY: zero is a valid u64.
-        let mut a = unsafe { ZeroedArray::<u64>::new(len, true) };
+        let mut a = unsafe { ZeroedArray::<u64>::try_new(len, true) }.unwrap();
         a.populate();
         for (i, x) in a.iter_mut().enumerate() {
             *x = i as u64 + 1;
@@ -278,7 +275,7 @@ mod tests {
         assert_eq!(grown.expect_err("no mappings").len(), len);
         // Memory from the allocator is handed back.
         // SAFETY: zero is a valid u64.
-        let small = unsafe { ZeroedArray::<u64>::new(100, true) };
+        let small = unsafe { ZeroedArray::<u64>::try_new(100, true) }.unwrap();
         assert_eq!(small.grow(200).expect_err("not a mapping").len(), 100);
     }
 
@@ -286,7 +283,7 @@ mod tests {
     fn small_and_huge_arrays_start_zeroed_and_hold_writes() {
         for len in [2, 1000, (5 << 20) / 8 + 3] {
             // SAFETY: zero is a valid u64.
-            let mut a = unsafe { ZeroedArray::<u64>::new(len, true) };
+            let mut a = unsafe { ZeroedArray::<u64>::try_new(len, true) }.unwrap();
             assert_eq!(a.len(), len);
             assert!(a.iter().all(|&x| x == 0));
             a[len - 1] = 7;
@@ -298,7 +295,7 @@ mod tests {
                 assert_eq!(a.as_ptr() as usize % (2 << 20), 0, "huge-page aligned");
             }
             // SAFETY: as above.
-            let b = unsafe { ZeroedArray::<u64>::new(len, false) };
+            let b = unsafe { ZeroedArray::<u64>::try_new(len, false) }.unwrap();
             assert!(!b.mapped && b.iter().all(|&x| x == 0));
         }
     }

@@ -318,6 +318,7 @@ pub(crate) enum Outcome<V> {
 }
 
 impl<V> ShardCell<V> {
+    #[cfg(all(test, not(idemstore_loom)))]
     pub(crate) fn new(
         index: usize,
         bound: usize,
@@ -326,10 +327,23 @@ impl<V> ShardCell<V> {
         now: u64,
         huge: bool,
     ) -> Self {
-        let table = Table::new(capacity.min(max_capacity(bound)), huge);
+        Self::try_new(index, bound, ttl, capacity, now, huge).expect("memory for a test's table")
+    }
+
+    /// Shard `index` of a store, holding at most `bound` entries, its table sized for
+    /// `capacity`; `None` if the table's memory cannot be had.
+    pub(crate) fn try_new(
+        index: usize,
+        bound: usize,
+        ttl: u64,
+        capacity: usize,
+        now: u64,
+        huge: bool,
+    ) -> Option<Self> {
+        let table = Table::try_new(capacity.min(max_capacity(bound)), huge)?;
         let whereabouts = Whereabouts::default();
         whereabouts.update(&table);
-        Self {
+        Some(Self {
             lock: RwLock::new(Shard {
                 table,
                 wheel: Wheel::new(now),
@@ -337,8 +351,8 @@ impl<V> ShardCell<V> {
                 next_token: 1,
                 bound,
                 ttl,
-                // Spread over 60..=70 by a multiplicative hash of the index.
                 lapsed: false,
+                // Spread over 60..=70 by a multiplicative hash of the index.
                 target_load: 60 + (index.wrapping_mul(0x9e37_79b9) >> 8) % 11,
                 last_nanos: 0,
                 counts: Counts::default(),
@@ -354,7 +368,7 @@ impl<V> ShardCell<V> {
             wake: Event::new(),
             waiting: AtomicUsize::new(0),
             help: Help::default(),
-        }
+        })
     }
 }
 

@@ -138,16 +138,27 @@ struct Line([u8; 64]);
 
 #[cfg(not(idemstore_loom))]
 impl Memory {
-    /// `cap` `EMPTY` tags and `cap` empty slots, on huge pages if `huge` (and large enough).
-    fn new(cap: usize, huge: bool) -> Self {
+    /// `cap` `EMPTY` tags and `cap` empty slots, on huge pages if `huge` (and large enough);
+    /// `None` if the memory cannot be had.
+    fn try_new(cap: usize, huge: bool) -> Option<Self> {
         const _: () = assert!(EMPTY == 0 && std::mem::align_of::<Slot>() <= 64);
-        let lines = Self::tag_lines(cap) + (cap * std::mem::size_of::<Slot>()).div_ceil(64);
+        let slot_bytes = cap.checked_mul(std::mem::size_of::<Slot>())?;
+        let lines = Self::tag_lines(cap) + slot_bytes.div_ceil(64);
         // SAFETY: a `Line` is bytes, and the memory is only ever read as tag bytes and as
         // `Slot`s, for which all-zero bytes are valid too: `Slot` is two `u64`s and an
         // `AtomicU64` (inside `StateWord`), and zero is `Slot::empty()`'s encoding (hash 0, word
         // Vacant/token 0/deadline 0), checked by `empty_slot_is_all_zero` below.
-        let lines = unsafe { ZeroedArray::new(lines, huge) };
-        Self { lines, cap }
+        let lines = unsafe { ZeroedArray::try_new(lines, huge) }?;
+        Some(Self { lines, cap })
+    }
+
+    /// [`Memory::try_new`]; out of memory is fatal, as for the global allocator.
+    fn new(cap: usize, huge: bool) -> Self {
+        Self::try_new(cap, huge).unwrap_or_else(|| {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<Line>(cap).unwrap_or(std::alloc::Layout::new::<Line>()),
+            )
+        })
     }
 
     fn tag_lines(cap: usize) -> usize {
@@ -247,6 +258,9 @@ impl Memory {
             tags: vec![EMPTY; cap].into_boxed_slice(),
             slots: (0..cap).map(|_| Slot::empty()).collect(),
         }
+    }
+    fn try_new(cap: usize, huge: bool) -> Option<Self> {
+        Some(Self::new(cap, huge))
     }
     fn tags(&self) -> &[u8] {
         &self.tags
@@ -645,22 +659,46 @@ impl<V> Table<V> {
         Self::with_memory(Memory::new(cap, huge), huge)
     }
 
+    /// [`Table::new`], or `None` if its memory cannot be had: for the tables a store starts
+    /// with, whose size the user chose (`Builder::initial_capacity`).
+    pub(crate) fn try_new(capacity: usize, huge: bool) -> Option<Self> {
+        let cap = capacity.max(MIN_CAPACITY).checked_next_multiple_of(GROUP)?;
+        let mem = Memory::try_new(cap, huge)?;
+        let mut overflow = Vec::new();
+        overflow.try_reserve_exact(cap / GROUP).ok()?;
+        let mut values = Vec::new();
+        if stores_values::<V>() {
+            values.try_reserve_exact(cap).ok()?;
+        }
+        Some(Self::with_parts(mem, huge, overflow, values))
+    }
+
     /// An empty table over `mem` (all tags `EMPTY`), whose capacity is a whole number of groups.
     fn with_memory(mem: Memory, huge: bool) -> Self {
+        Self::with_parts(mem, huge, Vec::new(), Vec::new())
+    }
+
+    /// [`Table::with_memory`], filling in the (empty) vectors given for the overflow counts and
+    /// the values.
+    fn with_parts(
+        mem: Memory,
+        huge: bool,
+        mut overflow: Vec<u8>,
+        mut values: Vec<Option<Arc<V>>>,
+    ) -> Self {
         let cap = mem.tags().len();
         debug_assert!(cap.is_multiple_of(GROUP));
-        let values = if stores_values::<V>() {
-            (0..cap).map(|_| None).collect()
-        } else {
-            Box::default()
-        };
+        if stores_values::<V>() {
+            values.resize_with(cap, || None);
+        }
+        overflow.resize(cap / GROUP, 0);
         Self {
             mem,
             huge,
-            values,
+            values: values.into_boxed_slice(),
             fingerprints: None,
             groups: cap / GROUP,
-            overflow: vec![0; cap / GROUP].into_boxed_slice(),
+            overflow: overflow.into_boxed_slice(),
             occupied: 0,
             rebuild_at: rebuild_at(cap),
             check_at: check_at(cap),

@@ -472,6 +472,44 @@ fn builder_refuses_more_keys_per_shard_than_a_table_can_index() {
     assert_eq!(store.stats().max_entries, 3_000_000_000);
 }
 
+/// Memory the machine could back, if it refuses allocations beyond it: RAM + swap under the
+/// kernel's default (heuristic) or strict overcommit; `None` where it grants any (Linux mode
+/// 1) or cannot be read.
+fn memory_limit() -> Option<u64> {
+    let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").ok()?;
+    if mode.trim() == "1" {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = |field: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((kb("MemTotal:")? + kb("SwapTotal:")?) * 1024)
+}
+
+#[test]
+fn builder_refuses_tables_the_machine_cannot_allocate() {
+    // Two billion keys sized in advance in one shard: a table of about 2.35 billion slots,
+    // 59 GB, made when the store is built.
+    let wanted: u64 = 2_352_941_176 * 25;
+    let Some(limit) = memory_limit().filter(|&l| l < wanted) else {
+        eprintln!("skipped: this machine may grant {wanted} bytes (overcommit or memory)");
+        return;
+    };
+    let err = Store::<()>::builder()
+        .shards(1)
+        .max_entries(2_000_000_000)
+        .initial_capacity(2_000_000_000)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig(_)),
+        "{err:?} ({limit} bytes here)"
+    );
+    assert_message(&err, &["initial_capacity", "smaller"]);
+}
+
 #[test]
 fn builder_refuses_a_dedup_only_store_the_same_way() {
     // V = () goes through the same checks.
