@@ -39,11 +39,11 @@ use keys::key;
 type Peer = DashMap<u128, u64, foldhash::fast::RandomState>;
 
 const DEFAULT_KEYS: u64 = 10_000_000;
-const DEFAULT_ROUNDS: usize = 3;
+const DEFAULT_ROUNDS: u64 = 3;
 
 struct Args {
     keys: u64,
-    rounds: usize,
+    rounds: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -55,30 +55,8 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--keys" => {
-                args.keys = value()?
-                    .parse()
-                    .map_err(|e| format!("--keys: {e}"))
-                    .and_then(|n: u64| {
-                        if n > 0 {
-                            Ok(n)
-                        } else {
-                            Err("--keys: at least 1".into())
-                        }
-                    })?;
-            }
-            "--rounds" => {
-                args.rounds = value()?
-                    .parse()
-                    .map_err(|e| format!("--rounds: {e}"))
-                    .and_then(|n: usize| {
-                        if n > 0 {
-                            Ok(n)
-                        } else {
-                            Err("--rounds: at least 1".into())
-                        }
-                    })?;
-            }
+            "--keys" => args.keys = positive(&flag, &value()?)?,
+            "--rounds" => args.rounds = positive(&flag, &value()?)?,
             "-h" | "--help" => {
                 println!("usage: growth [--keys N] [--rounds R]   (see the source's docs)");
                 std::process::exit(0);
@@ -87,6 +65,15 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
+}
+
+/// `value` of `flag` as a whole number of at least 1.
+fn positive(flag: &str, value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        Ok(_) => Err(format!("{flag}: at least 1")),
+        Err(e) => Err(format!("{flag}: {e}")),
+    }
 }
 
 /// Nanoseconds per key of claiming keys `n..2n` in a store that holds keys `0..n`.
