@@ -755,6 +755,11 @@ impl<V> Shard<V> {
                         w = w.with(Phase::Completed, w.deadline());
                         self.table.slot(i).word.store_exclusive(w);
                     }
+                    if w.is_lapsed(now, self.ttl) {
+                        // Filed at the end of the window after its lease: a new key at the
+                        // bound must know to look for it.
+                        self.lapsed = true;
+                    }
                     self.wheel.insert(self.record_time(w, now), i as u32);
                 }
             }
