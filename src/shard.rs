@@ -1341,6 +1341,31 @@ mod tests {
     }
 
     #[test]
+    fn lapsed_leases_give_way_at_the_bound_after_a_rebuild_filed_them_afresh() {
+        // Four keys in a shard of four; their 30 s leases run out. A rebuild that files every
+        // record afresh (a lease was shortened) files theirs at the end of the day after their
+        // leases, where no expiry pass finds them: a new key at the bound must still get room.
+        let c: ShardCell<()> = ShardCell::new(0, 4, DAY, MIN_CAPACITY, 0, false);
+        let mut s = c.lock.write();
+        for id in 0..4 {
+            let out = s.claim(&c, &hash_id(1, id), 0, 1, lease_at(1, 30_000));
+            assert!(matches!(out, Outcome::Acquired { .. }));
+        }
+        c.shortened.store(true, Ordering::Relaxed);
+        s.rebuild(&c, 40_000, DAY);
+        assert_eq!(
+            s.table.occupied(),
+            4,
+            "lapsed leases are kept for a takeover"
+        );
+        assert!(!s.is_due(40_000));
+        let out = s.claim(&c, &hash_id(1, 9), 0, 40_000, lease_at(40_000, 30_000));
+        assert!(matches!(out, Outcome::Acquired { .. }), "{out:?}");
+        assert_eq!(s.table.occupied(), 1, "the lapsed leases gave way");
+        assert_eq!(s.counts.lease_expiries, 4);
+    }
+
+    #[test]
     fn a_shortened_rebuild_leaves_completed_entries_queueable() {
         let c = cell(1024);
         for k in 0..50 {
