@@ -80,7 +80,8 @@
 //! An entry's one wheel record is filed at the soonest deadline the entry can reach (for an
 //! in-flight entry, the earlier of its lease deadline and now + ttl) and refiled lazily when it
 //! comes due early, so memory is reclaimed within one maintenance pass (or the next claims on the
-//! shard) after the deadline. A record that comes due to find its entry completed with more
+//! shard) after the deadline; for an in-flight entry whose lease ran out, after the window (the
+//! ttl) that follows the lease, until when it is kept for a takeover. A record that comes due to find its entry completed with more
 //! than 4 s of window left waits instead in the shard's ttl queue; so does, from its
 //! completion on, the record of a claim completed soon after it was made (while the record
 //! still waits to be filed in the wheel with the next ones: at most 32 records of its shard
@@ -91,8 +92,10 @@
 //! run of consecutive deadlines at a time, at most a 128th of the window late (11 minutes of a
 //! day; a 512th under load); maintenance passes and a full shard reclaim them at their
 //! deadlines. Two exceptions reclaim later, by at most the lease: an entry whose lease was
-//! shortened with [`Guard::extend`], and a released entry reused by a new claim; a
-//! full shard sweeps them before it refuses a key, so they never cost a refusal.
+//! shortened with [`Guard::extend`], and a released entry reused by a new claim; and a key taken
+//! over from a lease that ran out and then released may wait for the end of that lease's window
+//! (up to the ttl). A full shard sweeps them before it refuses a key, so they never cost a
+//! refusal.
 //!
 //! # Keys
 //! Keys are bytes, optionally inside a scope ([`ClaimOptions::scope`]); scope and key are
@@ -114,7 +117,8 @@
 //! entry is never evicted. With `S` shards each shard holds `b = max_entries / S`, and keys
 //! spread unevenly, so the first refusal comes at about `1 - 3/√b` of `max_entries` (see
 //! [`Builder::max_entries`]). A claim that finds its shard full first reclaims everything expired
-//! in that shard (and rebuilds the table if released or shortened entries may hide there): that
+//! in that shard (and rebuilds the table if released keys, shortened leases or leases that ran
+//! out may hide there, the last kept for a takeover but not live): that
 //! one claim does work proportional to what it reclaims, instead of the usual 8 records at most.
 //!
 //! A window of `W` seconds at `R` new keys per second holds `R·W` live keys: 1 M keys/s for 24 h

@@ -708,7 +708,8 @@ impl<V> Shard<V> {
         None
     }
 
-    /// Rebuilds the table without its dead entries, sized by [`Shard::rebuild_capacity`] for
+    /// Rebuilds the table without its dead entries (keeping leases that ran out less than
+    /// `lapse` ms ago: the ttl when it grows, 0 at the bound), sized by [`Shard::rebuild_capacity`] for
     /// the entries held less the released ones, and points the wheel's records at the entries'
     /// new slots. Moves entries into the spare table if one was made and fits; the old table is
     /// left in `retired` for the claim to free after the lock.
@@ -851,8 +852,8 @@ impl<V> Shard<V> {
     }
 
     /// Looks at the entry of record `idx`, taken from the wheel or the ttl queue at `now`:
-    /// reclaims it if it was released or its deadline has passed, files the record again
-    /// otherwise. Returns whether it reclaimed the entry.
+    /// reclaims it if it was released or its deadline has passed (for a lease that ran out, the
+    /// window after it: [`Word::is_held`]), files the record again otherwise. Returns whether it reclaimed the entry.
     #[inline]
     fn look_at(&mut self, cell: &ShardCell<V>, idx: u32, now: u64) -> bool {
         let i = idx as usize;

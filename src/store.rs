@@ -750,8 +750,8 @@ impl<V> Store<V> {
         &self.inner.clock
     }
 
-    /// Reclaims the memory of every entry whose deadline has passed, shard by shard, in short
-    /// lock holds. Claims do some of this work as they go (a bounded amount each); call this
+    /// Reclaims the memory of every entry whose deadline has passed (for a lease that ran out,
+    /// the window after it: see [`Guard::is_takeover`]), shard by shard, in short lock holds. Claims do some of this work as they go (a bounded amount each); call this
     /// (or set [`Builder::maintenance_interval`]) so idle shards give memory back too.
     /// Returns the number of entries reclaimed.
     pub fn run_maintenance(&self) -> usize {
@@ -1002,8 +1002,9 @@ impl<'a, V> Guard<'a, V> {
                 .get_or_init(|| unit.take().expect("invariant: checked just above"));
         }
         // No need to flag a shortened deadline here: the entry's record was filed at the
-        // earlier of its lease deadline and (claim time + ttl), never after this deadline, or
-        // just now at this deadline.
+        // earlier of its lease deadline and (claim time + ttl), or, after a takeover, at most at
+        // the end of the lapsed lease's window (before the claim + ttl): never after this
+        // deadline, or just now at this deadline.
         drop(shard);
         // An instance not kept (one already was) is dropped outside the lock too.
         drop(unit);

@@ -949,7 +949,8 @@ impl<V> Table<V> {
         self.values.get_mut(i)?.take()
     }
 
-    /// Moves every live entry (at `now`, ms) into `into`'s empty table. Returns the new table,
+    /// Moves every entry held at `now` (ms) into `into`'s empty table: live ones, and in-flight
+    /// ones whose lease ran out less than `lapse` ms before ([`Word::is_held`]). Returns the new table,
     /// for each old slot the new slot of its entry ([`MOVED_NOWHERE`] if it was dropped), so the
     /// wheel's records can follow their entries, and the expired entries dropped.
     ///

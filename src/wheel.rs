@@ -11,7 +11,9 @@
 //!   32 records ago) moves it to the window's end, or the shard hands it to its ttl queue, so
 //!   the record of a quickly completed claim never comes due at the lease's end;
 //! - when a record comes due, the shard re-reads the entry's deadline: if it has passed, the entry
-//!   is reclaimed; if not, the record is filed again at the true deadline. Filing again from a
+//!   is reclaimed (an in-flight entry whose lease ran out is kept for a takeover until the window
+//!   after its lease ends, its record filed again there); if not, the record is filed again at
+//!   the true deadline. Filing again from a
 //!   higher level into a lower one is the cascade, so each record costs O(levels) in all.
 //!
 //! The shard keeps exactly one record per occupied slot (following the entries when the table is
