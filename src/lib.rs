@@ -81,8 +81,9 @@
 //! in-flight entry, the earlier of its lease deadline and now + ttl) and refiled lazily when it
 //! comes due early, so memory is reclaimed within one maintenance pass (or the next claims on the
 //! shard) after the deadline; for an in-flight entry whose lease ran out, after the window (the
-//! ttl) that follows the lease, until when it is kept for a takeover. A record that comes due to find its entry completed with more
-//! than 4 s of window left waits instead in the shard's ttl queue; so does, from its
+//! ttl) that follows the lease, until when it is kept for a takeover. A record that comes due
+//! to find its entry completed with more than 4 s of window left waits instead in the shard's
+//! ttl queue; so does, from its
 //! completion on, the record of a claim completed soon after it was made (while the record
 //! still waits to be filed in the wheel with the next ones: at most 32 records of its shard
 //! later). A store has one ttl and a shard's clock never runs back, so these deadlines arrive in

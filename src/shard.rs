@@ -711,10 +711,10 @@ impl<V> Shard<V> {
     }
 
     /// Rebuilds the table without its dead entries (keeping leases that ran out less than
-    /// `lapse` ms ago: the ttl when it grows, 0 at the bound), sized by [`Shard::rebuild_capacity`] for
-    /// the entries held less the released ones, and points the wheel's records at the entries'
-    /// new slots. Moves entries into the spare table if one was made and fits; the old table is
-    /// left in `retired` for the claim to free after the lock.
+    /// `lapse` ms ago: the ttl when it grows, 0 at the bound), sized by
+    /// [`Shard::rebuild_capacity`] for the entries held less the released ones, and points the
+    /// wheel's records at the entries' new slots. Moves entries into the spare table if one was
+    /// made and fits; the old table is left in `retired` for the claim to free after the lock.
     #[cold]
     pub(crate) fn rebuild(&mut self, cell: &ShardCell<V>, now: u64, lapse: u64) {
         let held = self.table.occupied();
@@ -855,7 +855,8 @@ impl<V> Shard<V> {
 
     /// Looks at the entry of record `idx`, taken from the wheel or the ttl queue at `now`:
     /// reclaims it if it was released or its deadline has passed (for a lease that ran out, the
-    /// window after it: [`Word::is_held`]), files the record again otherwise. Returns whether it reclaimed the entry.
+    /// window after it: [`Word::is_held`]), files the record again otherwise. Returns whether it
+    /// reclaimed the entry.
     #[inline]
     fn look_at(&mut self, cell: &ShardCell<V>, idx: u32, now: u64) -> bool {
         let i = idx as usize;

@@ -751,9 +751,10 @@ impl<V> Store<V> {
     }
 
     /// Reclaims the memory of every entry whose deadline has passed (for a lease that ran out,
-    /// the window after it: see [`Guard::is_takeover`]), shard by shard, in short lock holds. Claims do some of this work as they go (a bounded amount each); call this
-    /// (or set [`Builder::maintenance_interval`]) so idle shards give memory back too.
-    /// Returns the number of entries reclaimed.
+    /// the window after it: see [`Guard::is_takeover`]), shard by shard, in short lock holds.
+    /// Claims do some of this work as they go (a bounded amount each); call this (or set
+    /// [`Builder::maintenance_interval`]) so idle shards give memory back too. Returns the
+    /// number of entries reclaimed.
     pub fn run_maintenance(&self) -> usize {
         self.inner.run_maintenance()
     }

@@ -950,9 +950,10 @@ impl<V> Table<V> {
     }
 
     /// Moves every entry held at `now` (ms) into `into`'s empty table: live ones, and in-flight
-    /// ones whose lease ran out less than `lapse` ms before ([`Word::is_held`]). Returns the new table,
-    /// for each old slot the new slot of its entry ([`MOVED_NOWHERE`] if it was dropped), so the
-    /// wheel's records can follow their entries, and the expired entries dropped.
+    /// ones whose lease ran out less than `lapse` ms before ([`Word::is_held`]). Returns the
+    /// new table, for each old slot the new slot of its entry ([`MOVED_NOWHERE`] if it was
+    /// dropped), so the wheel's records can follow their entries, and the expired entries
+    /// dropped.
     ///
     /// With `help`, a large table's moves are cut in two: this thread moves the first half of
     /// the old table into the first part of the new one, and offers the second half to a claim
