@@ -796,9 +796,7 @@ impl Model {
                     // A lease that ran out is kept for a window after it (unless a new key at
                     // the capacity bound needed its room), and forgotten after that.
                     let ttl = self.config.ttl_ms;
-                    let lapsed = |s: &State| {
-                        matches!(*s, State::InFlight { deadline } if now < deadline + ttl)
-                    };
+                    let lapsed = |s: &State| matches!(*s, State::InFlight { deadline } if now < deadline + ttl);
                     assert!(
                         matches!(prev, Some(p) if p.maybe_present && lapsed(&p.state)),
                         "{ctx}: takeover of {ident:?}, which had no lease that ran out less than \
