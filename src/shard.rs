@@ -758,12 +758,7 @@ impl<V> Shard<V> {
                         w = w.with(Phase::Completed, w.deadline());
                         self.table.slot(i).word.store_exclusive(w);
                     }
-                    if w.is_lapsed(now, self.ttl) {
-                        // Filed at the end of the window after its lease: a new key at the
-                        // bound must know to look for it.
-                        cell.lapsed.store(true, Ordering::Relaxed);
-                    }
-                    self.wheel.insert(self.record_time(w, now), i as u32);
+                    self.file_in_wheel(cell, i as u32, w, now);
                 }
             }
         } else {
@@ -869,11 +864,7 @@ impl<V> Shard<V> {
                 cell.vacant.fetch_sub(1, Ordering::Relaxed);
             }
             _ if w.is_held(now, self.ttl) => {
-                if w.phase() == Phase::InFlight && w.deadline() <= now {
-                    // Lapsed: kept for a claim to take over, until a window after its lease.
-                    cell.lapsed.store(true, Ordering::Relaxed);
-                }
-                self.file_again(idx, w, now);
+                self.file_again(cell, idx, w, now);
                 return false;
             }
             Phase::InFlight => self.counts.lease_expiries += 1,
@@ -883,13 +874,25 @@ impl<V> Shard<V> {
         true
     }
 
-    /// Files the record `idx` of a live entry with word `w` again: in the ttl queue if the
+    /// Files the record `idx` of a held entry with word `w` again: in the ttl queue if the
     /// entry completed and the queue takes it ([`Shard::queue_completed`]), else in the wheel.
     #[inline]
-    fn file_again(&mut self, idx: u32, w: Word, now: u64) {
+    fn file_again(&mut self, cell: &ShardCell<V>, idx: u32, w: Word, now: u64) {
         if !(w.phase() == Phase::Completed && !w.queued() && self.queue_completed(idx, w, now)) {
-            self.wheel.insert(self.record_time(w, now), idx);
+            self.file_in_wheel(cell, idx, w, now);
         }
+    }
+
+    /// Files the record `idx` of a held entry with word `w` in the wheel, at
+    /// [`Shard::record_time`]. A lapsed lease's record goes to the end of the window after it,
+    /// where no expiry pass at the bound finds it: the cell then notes that the table may hold
+    /// lapsed leases, for a new key at the bound to rebuild without them.
+    #[inline]
+    fn file_in_wheel(&mut self, cell: &ShardCell<V>, idx: u32, w: Word, now: u64) {
+        if w.is_lapsed(now, self.ttl) {
+            cell.lapsed.store(true, Ordering::Relaxed);
+        }
+        self.wheel.insert(self.record_time(w, now), idx);
     }
 
     /// Puts the record `idx` of an entry completed with word `w` (not yet queued) in the ttl
