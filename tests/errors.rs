@@ -154,13 +154,7 @@ fn scope_over_max_scope_len_is_refused_and_exactly_max_is_accepted() {
     let err = store
         .claim_with("k", &ClaimOptions::new().scope(&too_long))
         .unwrap_err();
-    assert_eq!(
-        err,
-        Error::InvalidScope {
-            len: MAX_SCOPE_LEN + 1,
-            max_len: MAX_SCOPE_LEN
-        }
-    );
+    assert_scope_one_over(&err);
     assert_message(&err, &[&MAX_SCOPE_LEN.to_string()]);
     assert_eq!(snapshot(&store), before);
     // The unscoped key is still in flight under its owner.
@@ -283,6 +277,17 @@ fn invalid_extend_after_the_lease_ran_out_is_still_invalid_lease_and_harmless() 
     assert_replays(&store, "k", 2);
 }
 
+/// `err` is the refusal of a scope one byte over [`MAX_SCOPE_LEN`].
+fn assert_scope_one_over(err: &Error) {
+    assert_eq!(
+        *err,
+        Error::InvalidScope {
+            len: MAX_SCOPE_LEN + 1,
+            max_len: MAX_SCOPE_LEN
+        }
+    );
+}
+
 #[test]
 fn claim_id_checks_its_lease_and_its_scope() {
     let (store, _hand) = store();
@@ -297,13 +302,7 @@ fn claim_id_checks_its_lease_and_its_scope() {
     let err = store
         .claim_id_with(7, &ClaimOptions::new().scope(&long_scope))
         .unwrap_err();
-    assert_eq!(
-        err,
-        Error::InvalidScope {
-            len: MAX_SCOPE_LEN + 1,
-            max_len: MAX_SCOPE_LEN
-        }
-    );
+    assert_scope_one_over(&err);
     assert_message(&err, &[]);
     assert_eq!(snapshot(&store), before);
     assert!(
