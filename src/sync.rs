@@ -57,16 +57,18 @@ type Inner<T> = lock_api::RwLock<RawLock, T>;
 /// the cache. A claim of a new key writes its slot, a cache miss, just before it lets go; with
 /// `parking_lot` the unlock's compare-and-swap then waited for that miss (the hottest
 /// instruction of a unique-claims profile), where a store lets the thread go on to hash and
-/// prefetch its next key while the miss completes. Claims of new keys at 10 M keys ran about 12%
-/// faster (README, eleventh session).
+/// prefetch its next key while the miss completes. Claims of new keys at 10 M keys ran faster in
+/// eight of nine alternations of the two engines, by 2 to 15% (README, eleventh session).
 ///
 /// The word: bit 0 set while a writer holds the lock, and [`READER`] per reader above it. A
 /// writer takes it from 0 by a compare-and-swap; a reader adds itself while no writer holds it.
-/// Writers are not preferred: a stream of readers could hold a writer off, but readers are the
-/// rare guard operations (release, extend) and hold the lock for one compare-and-swap. A
-/// waiter spins, then yields its core, then sleeps in short steps ([`lock_wait`]): the lock is
-/// held for well under a microsecond but for a rebuild (a millisecond or so for a large shard),
-/// and a waiter that cannot help with that rebuild has nothing better to do.
+/// Writers are not preferred, and waiters are not queued: a stream of readers could hold a
+/// writer off, but readers are rare (a guard's release or extension, `Store::len` and
+/// `Store::stats`) and hold the lock briefly. A waiter spins, then yields its core, then sleeps
+/// in short steps ([`lock_wait`]): the lock is held for well under a microsecond but for a
+/// rebuild (a millisecond or so for a large shard), and a waiter that cannot help with that
+/// rebuild has nothing better to do. The same lock guards the pool of kept tables
+/// (`shard::Pool`).
 #[cfg(not(idemstore_loom))]
 #[derive(Debug)]
 pub(crate) struct RawLock {
@@ -80,7 +82,8 @@ const READER: usize = 2;
 
 /// One step of a wait for a shard's lock: [`spin_wait`]'s spins and yields, and after about a
 /// thousand yields (a wait of a millisecond or more: the holder was descheduled, or the machine
-/// has more threads than cores) a sleep of 20 µs, so that a long wait does not keep a core busy.
+/// has more threads than cores) a sleep of 20 µs asked (the kernel's timer slack makes it longer),
+/// so that a long wait does not keep a core busy.
 #[cfg(not(idemstore_loom))]
 #[inline]
 fn lock_wait(spins: u32) {
