@@ -94,6 +94,17 @@ fn lock_wait(spins: u32) {
     }
 }
 
+/// Tries `take` until it takes the lock, with a [`lock_wait`] step after each failure.
+#[cfg(not(idemstore_loom))]
+#[inline]
+fn wait_until(take: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !take() {
+        lock_wait(spins);
+        spins = spins.saturating_add(1);
+    }
+}
+
 // SAFETY: the lock excludes as `lock_api` requires: a writer holds it only after its
 // compare-and-swap took the word from 0 (no reader, no writer) to WRITER, and while it holds it
 // the word stays WRITER (readers add themselves only to a word without WRITER, by a
@@ -112,11 +123,7 @@ unsafe impl lock_api::RawRwLock for RawLock {
 
     #[inline]
     fn lock_shared(&self) {
-        let mut spins = 0;
-        while !self.try_lock_shared() {
-            lock_wait(spins);
-            spins += 1;
-        }
+        wait_until(|| self.try_lock_shared());
     }
 
     #[inline]
@@ -139,11 +146,7 @@ unsafe impl lock_api::RawRwLock for RawLock {
 
     #[inline]
     fn lock_exclusive(&self) {
-        let mut spins = 0;
-        while !self.try_lock_exclusive() {
-            lock_wait(spins);
-            spins += 1;
-        }
+        wait_until(|| self.try_lock_exclusive());
     }
 
     #[inline]
