@@ -324,7 +324,13 @@ impl<V> Builder<V> {
             max_value_size: self.max_value_size,
             weigher: self.weigher,
             pool: crate::shard::Pool::new(),
+            #[cfg(not(idemstore_loom))]
+            unlocked_replays: (0..crate::readers::SLOTS)
+                .map(|_| CachePadded::new(std::sync::atomic::AtomicU64::new(0)))
+                .collect(),
         });
+        #[cfg(not(idemstore_loom))]
+        crate::readers::init();
         #[cfg(not(idemstore_loom))]
         if let Some(every) = self.maintenance {
             spawn_maintainer(&inner, every)?;

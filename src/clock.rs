@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::sync::{Arc, AtomicU64, Event, Ordering};
 
-const NANOS_PER_MS: u64 = 1_000_000;
+pub(crate) const NANOS_PER_MS: u64 = 1_000_000;
 
 /// The clock every deadline of a store is measured on.
 ///

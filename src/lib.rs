@@ -191,6 +191,8 @@ mod key;
 #[cfg(not(idemstore_loom))]
 mod pages;
 mod queue;
+#[cfg(not(idemstore_loom))]
+mod readers;
 mod shard;
 mod state;
 mod stats;

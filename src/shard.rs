@@ -56,6 +56,10 @@ pub(crate) struct ShardCell<V> {
     pub(crate) waiting: AtomicUsize,
     /// Where a rebuild offers half its moves to a claim waiting for the lock.
     pub(crate) help: Help,
+    /// The shard's time in whole ms (`floor_ms` of [`Shard`]'s latest clock reading), for
+    /// replays outside the lock, whose time must not be behind what locked operations used.
+    /// A plain std atomic even under loom: no decision of the modelled engine reads it.
+    time_ms: std::sync::atomic::AtomicU64,
 }
 
 impl<V> ShardCell<V> {
@@ -71,6 +75,50 @@ impl<V> ShardCell<V> {
                 self.lock.write()
             }
         }
+    }
+
+    /// [`Shard::advance_time`], and the shard's time for replays outside the lock.
+    #[inline]
+    pub(crate) fn advance_time(&self, shard: &mut Shard<V>, clock_nanos: u64) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = shard.advance_time(clock_nanos);
+        let ms = crate::clock::floor_ms(now);
+        // Written under the write lock, so read back by the only writer: a store only when
+        // the millisecond turns.
+        if ms > self.time_ms.load(Relaxed) {
+            self.time_ms.store(ms, Relaxed);
+        }
+        now
+    }
+
+    /// The word of `h`'s entry and the time (ns: `clock`'s reading, not behind the shard's
+    /// time), read without taking the lock, if the entry sits in its home group and no writer
+    /// held the lock meanwhile; `None` if not (the caller then claims under the lock). Call
+    /// inside `readers::read` (see there).
+    #[cfg(not(idemstore_loom))]
+    #[inline]
+    pub(crate) fn read_unlocked(
+        &self,
+        h: &KeyHash,
+        clock: impl FnOnce() -> u64,
+    ) -> Option<(Word, u64)> {
+        let version = self.lock.begin_read()?;
+        let place = self.whereabouts.place();
+        let time_ms = self.time_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if !self.lock.validate(version) {
+            return None;
+        }
+        // SAFETY: the place validated: one table's addresses and size, as the last writer
+        // left them. That table's memory stays mapped while this read lasts: the caller reads
+        // inside `readers::read`, and a table replaced since is kept until
+        // `readers::synchronize` (`Chores::run`).
+        let word = unsafe { place.home_word(h) }?;
+        // Read only for a key that is there (a claim of a new key reads it under the lock), and
+        // after the version, so not behind the time of any locked operation before this read;
+        // after the word too, which makes it if anything later than the moment the read takes
+        // effect: a replay never outlasts its window.
+        let time = clock().max(time_ms.saturating_mul(crate::clock::NANOS_PER_MS));
+        self.lock.validate(version).then_some((word, time))
     }
 
     /// Lets go of the shard's lock, then does the chores an operation left (memory to make,
@@ -249,6 +297,10 @@ impl<V> Chores<V> {
     pub(crate) fn run(self, cell: &ShardCell<V>, pool: &Pool<V>) {
         if let Some(retired) = self.retired {
             drop(retired.moved);
+            // Replays outside the lock may still be reading the replaced table: let them
+            // finish before its memory is reused or freed.
+            #[cfg(not(idemstore_loom))]
+            crate::readers::synchronize();
             if retired.reusable {
                 drop(pool.give(retired.table));
             } else {
@@ -370,6 +422,7 @@ impl<V> ShardCell<V> {
             wake: Event::new(),
             waiting: AtomicUsize::new(0),
             help: Help::default(),
+            time_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
@@ -1080,6 +1133,36 @@ mod tests {
     fn records(cell: &ShardCell<()>) -> (usize, usize) {
         let s = cell.lock.read();
         (s.wheel.len(), s.queue.len())
+    }
+
+    /// A read outside the lock finds a completed entry's word and a time not behind the
+    /// shard's, an in-flight entry's word, nothing for an absent key, and nothing at all while
+    /// a writer holds the lock; across a rebuild it finds the entries in the new table.
+    #[test]
+    fn reads_outside_the_lock_see_the_table_as_the_last_writer_left_it() {
+        crate::readers::init();
+        let c = cell(1024);
+        let read = |id: u128, clock: u64| {
+            crate::readers::read(|| c.read_unlocked(&hash_id(1, id), || clock))
+                .expect("a reader slot")
+                .1
+        };
+        let deadline = claim_complete(&c, 1, 5);
+        assert!(matches!(claim(&c, 2), Outcome::Acquired { .. }));
+        c.advance_time(&mut c.lock.write(), 5_400_000);
+        let (w, now) = read(1, 3_000_000).expect("completed, in its home group");
+        assert_eq!((w.phase(), w.deadline()), (Phase::Completed, deadline));
+        assert_eq!(now, 5_000_000, "never behind the shard's time (5 ms)");
+        let (w, now) = read(1, 9_000_000).expect("completed");
+        assert_eq!((w.phase(), now), (Phase::Completed, 9_000_000));
+        assert_eq!(read(2, 0).expect("in flight").0.phase(), Phase::InFlight);
+        assert!(read(3, 0).is_none(), "absent");
+        let w = c.lock.write();
+        assert!(read(1, 0).is_none(), "a writer holds the lock");
+        drop(w);
+        claim_new(&c, 10..5_000);
+        assert!(c.lock.read().rebuilds() > 0, "the table was rebuilt");
+        assert_eq!(read(1, 0).expect("moved").0.deadline(), deadline);
     }
 
     #[test]

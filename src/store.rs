@@ -75,6 +75,10 @@ pub(crate) struct Inner<V> {
     pub(crate) weigher: Option<Weigher<V>>,
     /// Tables kept for the shards' next rebuilds.
     pub(crate) pool: Pool<V>,
+    /// Replays made outside the shard locks, per reader slot (see `readers`): each counter is
+    /// written only by the thread that holds its slot.
+    #[cfg(not(idemstore_loom))]
+    pub(crate) unlocked_replays: Box<[CachePadded<std::sync::atomic::AtomicU64>]>,
 }
 
 impl<V> Drop for Inner<V> {
@@ -677,11 +681,22 @@ impl<V> Store<V> {
         let inner = &*self.inner;
         let shard = h.shard(inner.shard_bits);
         let cell = &inner.shards[shard];
+        // A dedup-only claim without a fingerprint may replay without the lock (`readers`),
+        // tried first where this thread's claims have mostly been replays lately.
+        #[cfg(not(idemstore_loom))]
+        let unlocked = !stores_values::<V>() && fp == 0;
+        #[cfg(not(idemstore_loom))]
+        if unlocked && crate::readers::replays_likely() {
+            if let Some(replay) = self.replay_unlocked(cell, &h) {
+                crate::readers::note_claim(true);
+                return Ok(Claim::Completed(replay));
+            }
+        }
         let mut locked = cell.write();
         // Read the clock under the lock, and never behind the shard's last reading: time seen
         // by the operations on one shard never goes backwards in the order they take effect,
         // even if the TSCs of two cores disagree by a little.
-        let now_nanos = locked.advance_time(inner.clock.now_nanos());
+        let now_nanos = cell.advance_time(&mut locked, inner.clock.now_nanos());
         let now = floor_ms(now_nanos);
         let lease = Lease {
             from_nanos: now_nanos,
@@ -690,6 +705,10 @@ impl<V> Store<V> {
         let outcome = locked.claim(cell, &h, fp, now, lease);
         // Chores are rare (twice per rebuild): memory to make or free, never under the lock.
         cell.unlock(locked, &inner.pool);
+        #[cfg(not(idemstore_loom))]
+        if unlocked {
+            crate::readers::note_claim(matches!(outcome, Outcome::Completed { .. }));
+        }
         Ok(match outcome {
             Outcome::Acquired {
                 token,
@@ -726,6 +745,39 @@ impl<V> Store<V> {
                 event!(shard, limit, "claim refused: the shard holds as many live keys as it may");
                 return Err(Error::CapacityExceeded { limit });
             }
+        })
+    }
+
+    /// The replay of `h` if its entry is completed and unexpired and sits in its home group,
+    /// found without taking the shard's lock (see `readers`); `None` if anything else (the
+    /// claim then runs under the lock). Only for dedup-only stores (nothing to clone out of the
+    /// table) and claims without a fingerprint. Takes effect when it reads the entry's word:
+    /// the time it checks the deadline against is read after the lock's version (so it is not
+    /// behind any locked operation before it on the shard) and before the word.
+    #[cfg(not(idemstore_loom))]
+    #[inline]
+    fn replay_unlocked(&self, cell: &ShardCell<V>, h: &KeyHash) -> Option<Replay<'_, V>> {
+        let inner = &*self.inner;
+        let (slot, read) =
+            crate::readers::read(|| cell.read_unlocked(h, || inner.clock.now_nanos()))?;
+        let (word, now_nanos) = read?;
+        if word.phase() != Phase::Completed || floor_ms(now_nanos) >= word.deadline() {
+            return None;
+        }
+        // A completed entry of a zero-sized `V` implies the kept instance (set before the
+        // completion's lock was let go); `None` here cannot happen, and would only send the
+        // claim to the lock.
+        let unit = inner.unit.get()?;
+        let count = &inner.unlocked_replays[slot];
+        count.store(
+            count.load(std::sync::atomic::Ordering::Relaxed) + 1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Some(Replay {
+            value: Held::Unit(unit),
+            expires_at_ms: word.deadline(),
+            ttl_ms: inner.ttl_ms,
+            now_nanos,
         })
     }
 
@@ -853,6 +905,14 @@ impl<V> Inner<V> {
             ..Stats::default()
         };
         s.memory_bytes += self.pool.heap_bytes();
+        #[cfg(not(idemstore_loom))]
+        {
+            s.replayed += self
+                .unlocked_replays
+                .iter()
+                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+                .sum::<u64>();
+        }
         for cell in self.shards.iter() {
             let shard = cell.lock.read();
             let c = shard.counts;
@@ -886,7 +946,7 @@ impl<V> Inner<V> {
         for cell in self.shards.iter() {
             loop {
                 let mut shard = cell.lock.write();
-                let now = floor_ms(shard.advance_time(self.clock.now_nanos()));
+                let now = floor_ms(cell.advance_time(&mut shard, self.clock.now_nanos()));
                 if shard.is_due(now) {
                     reclaimed += shard.expire(cell, now, MAINTENANCE_CHUNK);
                 } else if shard.has_queued_near(now) {
@@ -966,7 +1026,7 @@ impl<'a, V> Guard<'a, V> {
             Err(value)
         };
         let mut shard = cell.write();
-        let now_nanos = shard.advance_time(inner.clock.now_nanos());
+        let now_nanos = cell.advance_time(&mut shard, inner.clock.now_nanos());
         if floor_ms(now_nanos) >= this.word.deadline() {
             drop(shard);
             drop(value);

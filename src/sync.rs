@@ -60,8 +60,12 @@ type Inner<T> = lock_api::RwLock<RawLock, T>;
 /// prefetch its next key while the miss completes. Claims of new keys at 10 M keys ran faster in
 /// eight of nine alternations of the two engines, by 2 to 15% (README, eleventh session).
 ///
-/// The word: bit 0 set while a writer holds the lock, and [`READER`] per reader above it. A
-/// writer takes it from 0 by a compare-and-swap; a reader adds itself while no writer holds it.
+/// The word: bit 0 set while a writer holds the lock, [`READER`] per reader in the 23 bits above
+/// it, and a version in the top 40 bits that every writer's letting go advances. A writer takes
+/// the word from no reader and no writer by a compare-and-swap; a reader adds itself while no
+/// writer holds it. The version makes the lock a sequence lock too: a replay reads a shard's
+/// table without taking the lock ([`RawLock::begin_read`], [`RawLock::validate`]; see
+/// `readers`), and trusts what it read only if no writer held the lock meanwhile.
 /// Writers are not preferred, and waiters are not queued: a stream of readers could hold a
 /// writer off, but readers are rare (a guard's release or extension, `Store::len` and
 /// `Store::stats`) and hold the lock briefly. A waiter spins, then yields its core, then sleeps
@@ -72,13 +76,19 @@ type Inner<T> = lock_api::RwLock<RawLock, T>;
 #[cfg(not(idemstore_loom))]
 #[derive(Debug)]
 pub(crate) struct RawLock {
-    state: AtomicUsize,
+    state: AtomicU64,
 }
 
 #[cfg(not(idemstore_loom))]
-const WRITER: usize = 1;
+const WRITER: u64 = 1;
 #[cfg(not(idemstore_loom))]
-const READER: usize = 2;
+const READER: u64 = 2;
+/// The readers' count: bits 1 to 23.
+#[cfg(not(idemstore_loom))]
+const READERS: u64 = ((1 << 24) - 1) & !WRITER;
+/// One step of the version, in the bits above the readers' count.
+#[cfg(not(idemstore_loom))]
+const VERSION: u64 = 1 << 24;
 
 /// One step of a wait for a shard's lock: [`spin_wait`]'s spins and yields, and after about a
 /// thousand yields (a wait of a millisecond or more: the holder was descheduled, or the machine
@@ -106,10 +116,11 @@ fn wait_until(take: impl Fn() -> bool) {
 }
 
 // SAFETY: the lock excludes as `lock_api` requires: a writer holds it only after its
-// compare-and-swap took the word from 0 (no reader, no writer) to WRITER, and while it holds it
-// the word stays WRITER (readers add themselves only to a word without WRITER, by a
-// compare-and-swap, so they cannot slip in); a reader holds it only after adding READER to a
-// word without WRITER, and a writer cannot take the word while any reader's READER is in it.
+// compare-and-swap took the word from one without readers or writer to the same word with
+// WRITER, and while it holds it the word stays so (readers add themselves only to a word
+// without WRITER, by a compare-and-swap, so they cannot slip in); a reader holds it only after
+// adding READER to a word without WRITER, and a writer cannot take the word while any reader's
+// READER is in it.
 // Acquire on taking the lock and Release on letting go order the data it guards: each holder's
 // taking reads the word the previous holder's letting go wrote (or a release sequence after it:
 // readers' `fetch_sub`s are read-modify-writes).
@@ -117,7 +128,7 @@ fn wait_until(take: impl Fn() -> bool) {
 unsafe impl lock_api::RawRwLock for RawLock {
     #[allow(clippy::declare_interior_mutable_const)] // lock_api's pattern for `INIT`
     const INIT: Self = Self {
-        state: AtomicUsize::new(0),
+        state: AtomicU64::new(0),
     };
     type GuardMarker = lock_api::GuardSend;
 
@@ -129,10 +140,10 @@ unsafe impl lock_api::RawRwLock for RawLock {
     #[inline]
     fn try_lock_shared(&self) -> bool {
         let s = self.state.load(Ordering::Relaxed);
-        // A count that would reach the writer's bit is refused (never, in practice: it takes
-        // 2^63 readers).
+        // A count that would overflow into the version is refused: the reader waits (never, in
+        // practice: it takes 2^23 readers at once).
         s & WRITER == 0
-            && s < usize::MAX - READER
+            && s & READERS != READERS
             && self
                 .state
                 .compare_exchange(s, s + READER, Ordering::Acquire, Ordering::Relaxed)
@@ -152,22 +163,35 @@ unsafe impl lock_api::RawRwLock for RawLock {
     #[inline]
     fn try_lock_exclusive(&self) -> bool {
         // A plain load first, so that waiters spin on a shared line instead of bouncing it.
-        self.state.load(Ordering::Relaxed) == 0
+        let s = self.state.load(Ordering::Relaxed);
+        let taken = s & (WRITER | READERS) == 0
             && self
                 .state
-                .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+                .compare_exchange(s, s | WRITER, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok();
+        if taken {
+            // The sequence lock's writer side: a reader of the shard's memory outside the lock
+            // that reads anything this writer stores from here on sees WRITER, or a later
+            // version, when it checks the word again (its acquire fence pairs with this one).
+            // No instruction on x86.
+            std::sync::atomic::fence(Ordering::Release);
+        }
+        taken
     }
 
     #[inline]
     unsafe fn unlock_exclusive(&self) {
-        // The only writer, and no reader can have come in: the word is WRITER.
-        self.state.store(0, Ordering::Release);
+        // The only writer, and no reader can have come in: the word is the version and WRITER.
+        let s = self.state.load(Ordering::Relaxed);
+        self.state.store(
+            (s & !(WRITER | READERS)).wrapping_add(VERSION),
+            Ordering::Release,
+        );
     }
 
     #[inline]
     fn is_locked(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != 0
+        self.state.load(Ordering::Relaxed) & (WRITER | READERS) != 0
     }
 
     #[inline]
@@ -175,6 +199,31 @@ unsafe impl lock_api::RawRwLock for RawLock {
         self.state.load(Ordering::Relaxed) & WRITER != 0
     }
 }
+/// The lock as a sequence lock, for reads of what it guards without taking it: `begin_read`,
+/// then the reads (atomic loads, which may see a writer's stores half done), then `validate`,
+/// which says whether any writer held the lock since `begin_read` (if not, the reads saw the
+/// data as the last writer left it). Readers in read mode change nothing such a read looks at
+/// but atomic words they transition by compare-and-swap, and do not invalidate it.
+#[cfg(not(idemstore_loom))]
+impl RawLock {
+    /// The version to validate against, or `None` while a writer holds the lock.
+    #[inline]
+    pub(crate) fn begin_read(&self) -> Option<u64> {
+        let s = self.state.load(Ordering::Acquire);
+        (s & WRITER == 0).then_some(s & !READERS)
+    }
+
+    /// Whether no writer took the lock since [`RawLock::begin_read`] returned `version`: the
+    /// reads between the two saw no writer's store.
+    #[inline]
+    pub(crate) fn validate(&self, version: u64) -> bool {
+        // Pairs with the writer's release fence after it takes the lock: a read that saw a
+        // store of a writer makes this load see that writer's WRITER, or a later version.
+        std::sync::atomic::fence(Ordering::Acquire);
+        self.state.load(Ordering::Relaxed) & !READERS == version
+    }
+}
+
 #[cfg(idemstore_loom)]
 type Inner<T> = loom::sync::RwLock<T>;
 
@@ -218,6 +267,23 @@ impl<T> RwLock<T> {
         return self.0.write();
         #[cfg(idemstore_loom)]
         return self.0.write().unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+#[cfg(not(idemstore_loom))]
+impl<T> RwLock<T> {
+    /// See [`RawLock::begin_read`].
+    #[inline]
+    pub(crate) fn begin_read(&self) -> Option<u64> {
+        // SAFETY: the raw lock is only read here, never locked or unlocked behind the guards.
+        unsafe { self.0.raw() }.begin_read()
+    }
+
+    /// See [`RawLock::validate`].
+    #[inline]
+    pub(crate) fn validate(&self, version: u64) -> bool {
+        // SAFETY: as in `begin_read`.
+        unsafe { self.0.raw() }.validate(version)
     }
 }
 
@@ -342,6 +408,57 @@ mod tests {
             });
         });
         assert_eq!(*lock.read(), (WRITERS * ROUNDS, WRITERS * ROUNDS));
+    }
+
+    /// Sequence reads: a read that no writer overlapped validates, one that a writer
+    /// overlapped (or began under a writer) does not, readers in read mode do not matter; and
+    /// under contention, no validated read sees half a write.
+    #[test]
+    fn sequence_reads_validate_only_without_a_writer() {
+        let lock = RwLock::new(());
+        let v = lock.begin_read().expect("no writer");
+        assert!(lock.validate(v));
+        let r = lock.read();
+        assert!(lock.validate(v), "a reader changes no version");
+        assert_eq!(lock.begin_read(), Some(v));
+        drop(r);
+        let w = lock.write();
+        assert_eq!(lock.begin_read(), None, "a writer holds it");
+        assert!(!lock.validate(v));
+        drop(w);
+        assert!(!lock.validate(v), "a writer came and went");
+        let v2 = lock.begin_read().expect("no writer");
+        assert_ne!(v, v2);
+        assert!(lock.validate(v2));
+
+        let pair = (AtomicU64::new(0), AtomicU64::new(0));
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 1..=200_000u64 {
+                    let _w = lock.write();
+                    pair.0.store(i, Ordering::Relaxed);
+                    std::hint::black_box(&pair);
+                    pair.1.store(i, Ordering::Relaxed);
+                }
+                done.store(true, Ordering::Release);
+            });
+            s.spawn(|| loop {
+                let last = done.load(Ordering::Acquire);
+                let Some(v) = lock.begin_read() else { continue };
+                let b = pair.1.load(Ordering::Relaxed);
+                let a = pair.0.load(Ordering::Relaxed);
+                if lock.validate(v) {
+                    assert_eq!(a, b, "a validated read saw half a write");
+                    if last {
+                        assert_eq!(a, 200_000, "the writer is done");
+                        break;
+                    }
+                } else {
+                    assert!(!last, "no writer is left to overlap the read");
+                }
+            });
+        });
     }
 
     /// A waiter that outlasts the spins and yields sleeps in short steps and still gets the

@@ -110,6 +110,73 @@ impl Whereabouts {
     }
 }
 
+/// Where a shard's table lived when a read outside the lock looked (see `readers`): consistent
+/// only if the shard's lock version validated after [`Whereabouts::place`] was read.
+#[cfg(not(idemstore_loom))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place {
+    tags: *const u8,
+    slots: *const Slot,
+    groups: usize,
+}
+
+#[cfg(not(idemstore_loom))]
+impl Whereabouts {
+    /// The table's addresses and size, for a read outside the lock.
+    #[inline]
+    pub(crate) fn place(&self) -> Place {
+        use std::sync::atomic::Ordering::Relaxed;
+        Place {
+            tags: self.tags.load(Relaxed),
+            slots: self.slots.load(Relaxed),
+            groups: self.groups.load(Relaxed),
+        }
+    }
+}
+
+#[cfg(not(idemstore_loom))]
+impl Place {
+    /// The state word of `h`'s entry if it sits in its home group (most entries do; the rest
+    /// are left to the locked path), read without the shard's lock. What it reads may be torn
+    /// by a writer: only a read that the shard's lock version validates afterwards means
+    /// anything.
+    ///
+    /// # Safety
+    /// The place must be one the shard's lock version validated (so its addresses and group
+    /// count belong to one table), and that table's memory must still be mapped: call inside
+    /// `readers::read`, from a shard that keeps a replaced table until `readers::synchronize`
+    /// returns.
+    #[inline]
+    pub(crate) unsafe fn home_word(self, h: &KeyHash) -> Option<Word> {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let g = h.home(self.groups);
+        // SAFETY: `g < groups`, so the group's eight tag bytes are in the table's tags, which
+        // the caller keeps mapped; they start at a multiple of 8 from the 64-byte aligned
+        // start, as an `AtomicU64` must. An atomic load of memory a writer may be storing to
+        // with plain stores: the compromise of every sequence lock (see `readers`).
+        let tags = unsafe { &*self.tags.add(g * GROUP).cast::<AtomicU64>() }.load(Relaxed);
+        let mut hits = match_byte(u64::from_le(tags), h.tag());
+        while hits != 0 {
+            let i = g * GROUP + (hits.trailing_zeros() / 8) as usize;
+            // SAFETY: `i < groups * GROUP`, a slot of the table the caller keeps mapped; its
+            // hash halves are aligned `u64`s, loaded atomically as the tags are.
+            let (hi, lo, word) = unsafe {
+                let s = self.slots.add(i);
+                (
+                    (*std::ptr::addr_of!((*s).hi).cast::<AtomicU64>()).load(Relaxed),
+                    (*std::ptr::addr_of!((*s).lo).cast::<AtomicU64>()).load(Relaxed),
+                    &*std::ptr::addr_of!((*s).word),
+                )
+            };
+            if hi == h.hi && lo == h.lo {
+                return Some(word.load(crate::sync::Ordering::Relaxed));
+            }
+            hits &= hits - 1;
+        }
+        None
+    }
+}
+
 /// One entry: the key's 128-bit hash and its state word. 24 bytes.
 #[derive(Debug)]
 pub(crate) struct Slot {
@@ -187,15 +254,6 @@ impl Memory {
         }
     }
 
-    #[inline]
-    fn slots_mut(&mut self) -> &mut [Slot] {
-        // SAFETY: as in `slots`; `&mut self` makes the access exclusive.
-        unsafe {
-            let start = self.lines.as_mut_ptr().add(Self::tag_lines(self.cap));
-            std::slice::from_raw_parts_mut(start.cast::<Slot>(), self.cap)
-        }
-    }
-
     /// The tags and the slots, both writable at once.
     #[inline]
     fn parts_mut(&mut self) -> (&mut [u8], &mut [Slot]) {
@@ -209,6 +267,44 @@ impl Memory {
                 std::slice::from_raw_parts_mut(tags.as_mut_ptr().cast::<u8>(), self.cap),
                 std::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<Slot>(), self.cap),
             )
+        }
+    }
+
+    /// Sets slot `i`'s tag byte by storing its whole group of eight tags, atomically: a table
+    /// that replays read outside the lock (see `readers`) loads a group as one atomic word,
+    /// and a store of the same size is what races with it without leaving the memory model.
+    /// (A whole-group store also lets the next load of the group take it straight from the
+    /// store, where a one-byte store would make that load wait; see `Mover::run`.)
+    #[inline]
+    fn set_tag(&mut self, i: usize, tag: u8) {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let base = i / GROUP * GROUP;
+        let shift = (i % GROUP) * 8;
+        // SAFETY: `base + GROUP <= cap` (tables hold whole groups), so the eight bytes are
+        // tags of this memory, at a multiple of 8 from its 64-byte aligned start.
+        let group = unsafe {
+            &*self
+                .lines
+                .as_ptr()
+                .cast::<u8>()
+                .add(base)
+                .cast::<AtomicU64>()
+        };
+        let old = u64::from_le(group.load(Relaxed));
+        let new = (old & !(0xFF << shift)) | (u64::from(tag) << shift);
+        group.store(new.to_le(), Relaxed);
+    }
+
+    /// Writes slot `i`'s hash, each half by an atomic store (see [`Memory::set_tag`]).
+    #[inline]
+    fn set_hash(&mut self, i: usize, h: &KeyHash) {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let s = &self.slots()[i];
+        // SAFETY: `hi` and `lo` are aligned `u64`s of a slot of this memory, which `&mut self`
+        // lets this thread write; readers outside the lock only load them, atomically.
+        unsafe {
+            (*std::ptr::from_ref(&s.hi).cast::<AtomicU64>()).store(h.hi, Relaxed);
+            (*std::ptr::from_ref(&s.lo).cast::<AtomicU64>()).store(h.lo, Relaxed);
         }
     }
 
@@ -271,11 +367,15 @@ impl Memory {
     fn slots(&self) -> &[Slot] {
         &self.slots
     }
-    fn slots_mut(&mut self) -> &mut [Slot] {
-        &mut self.slots
-    }
     fn parts_mut(&mut self) -> (&mut [u8], &mut [Slot]) {
         (&mut self.tags, &mut self.slots)
+    }
+    fn set_tag(&mut self, i: usize, tag: u8) {
+        self.tags[i] = tag;
+    }
+    fn set_hash(&mut self, i: usize, h: &KeyHash) {
+        self.slots[i].hi = h.hi;
+        self.slots[i].lo = h.lo;
     }
     fn bytes(&self) -> usize {
         self.tags.len() * (1 + std::mem::size_of::<Slot>())
@@ -865,11 +965,9 @@ impl<V> Table<V> {
     pub(crate) fn insert_at(&mut self, pos: usize, h: &KeyHash, word: Word, fingerprint: u64) {
         debug_assert!(!self.is_occupied(pos));
         self.pass(h.home(self.groups), pos / GROUP, 1);
-        self.mem.tags_mut()[pos] = h.tag();
-        let s = &mut self.mem.slots_mut()[pos];
-        s.hi = h.hi;
-        s.lo = h.lo;
-        s.word.store_exclusive(word);
+        self.mem.set_tag(pos, h.tag());
+        self.mem.set_hash(pos, h);
+        self.mem.slots()[pos].word.store_exclusive(word);
         self.occupied += 1;
         self.set_fingerprint(pos, fingerprint);
     }
@@ -913,7 +1011,7 @@ impl<V> Table<V> {
         let s = &self.mem.slots()[i];
         let home = KeyHash { hi: s.hi, lo: s.lo }.home(self.groups);
         self.pass(home, i / GROUP, -1);
-        self.mem.tags_mut()[i] = EMPTY;
+        self.mem.set_tag(i, EMPTY);
         self.occupied -= 1;
         drop(self.take_value(i));
     }

@@ -1,0 +1,320 @@
+//! Reads of table memory outside the shard lock, and the grace period that a table a rebuild
+//! replaced waits out before its memory is reused or freed.
+//!
+//! A replay (a claim of a completed key of a dedup-only store) changes nothing, so it need not
+//! take its shard's lock, whose compare-and-swap on a line the other cores' claims also write
+//! was the largest cost of a replay at millions of keys: it reads the shard's table as a
+//! sequence-lock reader does (`RawLock::begin_read`, the reads, `RawLock::validate`) and falls
+//! back to the locked claim whenever a writer overlapped it or it found anything but a
+//! completed, unexpired entry in the key's home group. What it read then was the table as the
+//! last writer left it.
+//!
+//! The version check makes the values read trustworthy, not the memory: a rebuild can replace
+//! the table while a reader still holds its address, and the old table's memory is then given
+//! to the store's pool, recycled, grown by `mremap` or unmapped. So a reader announces itself
+//! in a slot of its thread's own ([`read`]), and a rebuild's retired table waits, before its
+//! memory goes anywhere, until every reader that was reading when the shard switched tables has
+//! finished ([`synchronize`]): a grace period, as in read-copy-update. A reader that starts
+//! after the switch finds the new table's address.
+//!
+//! The handshake is Dekker's: the reader marks its slot, then loads the table's address; the
+//! rebuild stores the new address, then looks at the slots. A full fence on each side between
+//! the two steps makes sure that at least one of them sees the other. On Linux the reader's
+//! fence is only a compiler barrier and the rebuild's is `membarrier(2)`'s expedited command,
+//! which runs a full fence on every core running the process; rebuilds are rare and readers
+//! are every replay. Elsewhere, or where the kernel refuses `membarrier`, both are `SeqCst`
+//! fences.
+//!
+//! Threads take a slot when they first replay this way and give it back when they exit; past
+//! [`SLOTS`] threads at once, the rest replay under the lock. A slot is written only by its
+//! thread, so entering and leaving a read are plain stores, and the per-store counters of these
+//! replays (see `Store::stats`) are indexed by it.
+//!
+//! One compromise with the letter of Rust's memory model, the one every sequence lock in Rust
+//! makes (crossbeam's `AtomicCell`, the `seqlock` crate): the table's writers store tags and
+//! hashes with plain stores while a reader may load them, atomically, at the same time. A
+//! value torn or stale that way is never used: the version check discards the whole read.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+/// Threads that may read outside the lock at once.
+pub(crate) const SLOTS: usize = 64;
+
+/// Each thread's announcement: odd while it reads table memory outside the lock.
+static ACTIVE: [CachePadded<AtomicU64>; SLOTS] =
+    [const { CachePadded::new(AtomicU64::new(0)) }; SLOTS];
+/// Which slots a live thread holds.
+static TAKEN: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+
+/// Whether the asymmetric fences are on: 0 not decided yet, 1 on (`membarrier` registered),
+/// 2 off (both sides fence).
+static ASYMMETRIC: AtomicU8 = AtomicU8::new(0);
+
+/// A thread's slot, given back when the thread exits.
+struct Owned(usize);
+
+impl Owned {
+    fn take() -> Option<Self> {
+        TAKEN
+            .iter()
+            .position(|t| {
+                !t.load(Ordering::Relaxed)
+                    && t.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+            })
+            .map(Owned)
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // The thread is exiting: any read it still makes (from another thread-local's
+        // destructor) goes under the lock, not through a slot another thread may take next.
+        let _ = SLOT.try_with(|s| s.set(None));
+        // Release: the next owner's stores to the slot (and to the stores' counters of it)
+        // come after this thread's.
+        TAKEN[self.0].store(false, Ordering::Release);
+    }
+}
+
+thread_local! {
+    /// This thread's slot: taken at its first read, `None` if none was free then (its reads
+    /// then always go under the lock; it tries again after [`RETRY_AFTER`] of them).
+    static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+    static OWNED: OwnedSlot = const { OwnedSlot(Cell::new(None), Cell::new(0)) };
+}
+
+thread_local! {
+    /// How replay-heavy this thread's recent claims of dedup-only stores were (see
+    /// [`replays_likely`]).
+    static REPLAYS: Cell<u8> = const { Cell::new(0) };
+}
+
+/// [`REPLAYS`] at which a thread tries the read outside the lock first.
+const LIKELY: u8 = 8;
+/// Where [`REPLAYS`] saturates: a thread whose claims turn to new keys stops trying within
+/// a few claims.
+const MOST: u8 = 16;
+
+/// Whether this thread's recent claims were replays often enough that the next one should try
+/// the read outside the lock before the lock. The try costs a claim of a new key about 90
+/// instructions (a third more: 12% slower claims of new keys at 10 M keys in the bench), and
+/// saves a replay the lock's compare-and-swap on a line the other cores write too; it pays
+/// when about a third of the claims or more are replays. The score rises by 2 per replay and
+/// falls by 1 per other outcome, so it climbs past [`LIKELY`] only where replays are more than
+/// a third of the claims.
+#[inline]
+pub(crate) fn replays_likely() -> bool {
+    REPLAYS.with(Cell::get) >= LIKELY
+}
+
+/// Records whether a claim of a dedup-only store replayed (see [`replays_likely`]).
+#[inline]
+pub(crate) fn note_claim(replayed: bool) {
+    REPLAYS.with(|r| {
+        let v = r.get();
+        r.set(if replayed {
+            (v + 2).min(MOST)
+        } else {
+            v.saturating_sub(1)
+        });
+    });
+}
+
+/// How many reads a thread that found no free slot makes under the lock before it looks again.
+const RETRY_AFTER: u32 = 1 << 16;
+
+/// The owner of a thread's slot, dropped (and the slot given back) when the thread exits; and
+/// the reads left before a thread without a slot looks for one again.
+struct OwnedSlot(Cell<Option<Owned>>, Cell<u32>);
+
+/// This thread's slot, taking one if it has none.
+#[inline]
+fn slot() -> Option<usize> {
+    if let Ok(Some(i)) = SLOT.try_with(Cell::get) {
+        return Some(i);
+    }
+    slot_slow()
+}
+
+#[cold]
+#[inline(never)]
+fn slot_slow() -> Option<usize> {
+    OWNED
+        .try_with(|o| {
+            let wait = o.1.get();
+            if wait > 0 {
+                o.1.set(wait - 1);
+                return None;
+            }
+            match Owned::take() {
+                Some(owned) => {
+                    let i = owned.0;
+                    o.0.set(Some(owned));
+                    let _ = SLOT.try_with(|s| s.set(Some(i)));
+                    Some(i)
+                }
+                None => {
+                    o.1.set(RETRY_AFTER);
+                    None
+                }
+            }
+        })
+        .ok()
+        .flatten()
+}
+
+/// Decides once per process whether the fences are asymmetric; called when a store is built,
+/// before any of its claims can read (the build happens before every use of the store, so every
+/// thread that uses it sees the decision).
+pub(crate) fn init() {
+    if ASYMMETRIC.load(Ordering::Acquire) != 0 {
+        return;
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let on = membarrier::register();
+        ASYMMETRIC.store(if on { 1 } else { 2 }, Ordering::Release);
+    });
+}
+
+/// The reader's side of the handshake.
+#[inline(always)]
+fn light_fence() {
+    if ASYMMETRIC.load(Ordering::Relaxed) == 1 {
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    } else {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+}
+
+/// The rebuild's side of the handshake.
+fn heavy_fence() {
+    if ASYMMETRIC.load(Ordering::Relaxed) == 1 && membarrier::barrier() {
+        return;
+    }
+    // Never happens once registered (the kernel refuses only unregistered processes); if it
+    // did, the readers' stores still reach the other cores within nanoseconds, and this wait
+    // is far longer than that.
+    if ASYMMETRIC.load(Ordering::Relaxed) == 1 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// Runs `f`, which reads table memory outside the lock, announced in this thread's slot; hands
+/// back the slot with `f`'s result, or `None` (without running `f`) if the thread has no slot.
+/// `f` must load every table address it reads through after this has started.
+#[inline]
+pub(crate) fn read<R>(f: impl FnOnce() -> R) -> Option<(usize, R)> {
+    let i = slot()?;
+    let active = &ACTIVE[i];
+    // Only this thread writes its slot: plain loads and stores.
+    let seq = active.load(Ordering::Relaxed);
+    active.store(seq.wrapping_add(1), Ordering::Relaxed);
+    light_fence();
+    let r = f();
+    // Release: a rebuild that sees the slot move on sees this read's loads done.
+    active.store(seq.wrapping_add(2), Ordering::Release);
+    Some((i, r))
+}
+
+/// Waits until every read outside the lock that may have loaded an address the caller has
+/// since replaced (under the shard's write lock) has finished. Call after letting go of the
+/// lock; the memory at the old addresses may then be reused or freed.
+pub(crate) fn synchronize() {
+    heavy_fence();
+    for active in &ACTIVE {
+        let seen = active.load(Ordering::Acquire);
+        if seen % 2 == 0 {
+            continue;
+        }
+        let mut spins = 0u32;
+        while active.load(Ordering::Acquire) == seen {
+            crate::sync::spin_wait(spins);
+            spins = spins.saturating_add(1);
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod membarrier {
+    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` (Linux 4.14).
+    const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    /// `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED`.
+    const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+    /// Registers the process for expedited barriers; whether the kernel agreed.
+    pub(super) fn register() -> bool {
+        // SAFETY: `membarrier` takes two integers and touches no memory of ours.
+        unsafe { libc::syscall(libc::SYS_membarrier, REGISTER_PRIVATE_EXPEDITED, 0) == 0 }
+    }
+
+    /// A full fence on every core running a thread of the process; whether it ran.
+    pub(super) fn barrier() -> bool {
+        // SAFETY: as in `register`.
+        unsafe { libc::syscall(libc::SYS_membarrier, PRIVATE_EXPEDITED, 0) == 0 }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod membarrier {
+    pub(super) fn register() -> bool {
+        false
+    }
+    pub(super) fn barrier() -> bool {
+        false
+    }
+}
+
+#[cfg(all(test, not(idemstore_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_runs_in_a_slot_of_its_own() {
+        init();
+        let (i, r) = read(|| 7).expect("a free slot");
+        assert_eq!(r, 7);
+        assert_eq!(ACTIVE[i].load(Ordering::Relaxed) % 2, 0, "the read is over");
+        let (j, _) = read(|| ()).expect("the same slot");
+        assert_eq!(i, j);
+        let other = std::thread::spawn(|| read(|| ()).expect("a free slot").0)
+            .join()
+            .expect("no panic");
+        assert_ne!(i, other, "each thread has its own");
+    }
+
+    /// `synchronize` waits for a read in progress, and not for one that starts later.
+    #[test]
+    fn synchronize_waits_for_reads_in_progress() {
+        init();
+        let inside = AtomicBool::new(false);
+        let finished = AtomicBool::new(false);
+        let waited = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                read(|| {
+                    inside.store(true, Ordering::SeqCst);
+                    while !waited.load(Ordering::SeqCst) {
+                        std::thread::yield_now();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    finished.store(true, Ordering::SeqCst);
+                })
+                .expect("a free slot");
+            });
+            while !inside.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            waited.store(true, Ordering::SeqCst);
+            synchronize();
+            assert!(finished.load(Ordering::SeqCst), "the read finished first");
+        });
+        // No read in progress: returns at once.
+        synchronize();
+    }
+}
