@@ -125,6 +125,13 @@ impl<T> ZeroedArray<T> {
         Err(self)
     }
 
+    /// The array's start with the allocation's own provenance, made without a reference to
+    /// the elements: for memory that other threads read through pointers while this one
+    /// writes (see `readers`), where a `&mut [T]` would claim it exclusively.
+    pub(crate) fn as_raw(&self) -> *mut T {
+        self.ptr.as_ptr()
+    }
+
     /// Whether [`ZeroedArray::grow`] may take this array's pages (it is a mapping of its own).
     pub(crate) fn is_mapped(&self) -> bool {
         self.mapped

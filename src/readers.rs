@@ -22,18 +22,27 @@
 //! the two steps makes sure that at least one of them sees the other. On Linux the reader's
 //! fence is only a compiler barrier and the rebuild's is `membarrier(2)`'s expedited command,
 //! which runs a full fence on every core running the process; rebuilds are rare and readers
-//! are every replay. Elsewhere, or where the kernel refuses `membarrier`, both are `SeqCst`
-//! fences.
+//! are every replay. Elsewhere, or where the kernel refuses to register the process for
+//! `membarrier`, both are `SeqCst` fences. (Should the barrier itself ever fail after the
+//! registration succeeded, which the kernel does not do, a rebuild falls back to a SeqCst fence
+//! after a millisecond's sleep: by then the readers' stores have long reached the other cores,
+//! a timing argument rather than a pairing of fences.)
 //!
 //! Threads take a slot when they first replay this way and give it back when they exit; past
 //! [`SLOTS`] threads at once, the rest replay under the lock. A slot is written only by its
 //! thread, so entering and leaving a read are plain stores, and the per-store counters of these
-//! replays (see `Store::stats`) are indexed by it.
+//! replays (see `Store::stats`) are indexed by it. The slots are the process's, not a store's:
+//! a reader descheduled in the middle of a read (a read is a few dozen instructions) holds up
+//! the memory chores of every store's rebuilds until it runs again; the claims go on meanwhile.
+//! (A child forked while another thread was in a read would wait forever at its first rebuild;
+//! fork a process that uses a store only before its threads claim, as with any lock.)
 //!
-//! One compromise with the letter of Rust's memory model, the one every sequence lock in Rust
-//! makes (crossbeam's `AtomicCell`, the `seqlock` crate): the table's writers store tags and
-//! hashes with plain stores while a reader may load them, atomically, at the same time. A
-//! value torn or stale that way is never used: the version check discards the whole read.
+//! Every access to a live table that may race with such a read is atomic and of the same size:
+//! the reader loads a group of eight tags, a hash's halves and the state word as `AtomicU64`s,
+//! and the writers, under the lock, store them so (`Memory::set_tag`, `Memory::set_hash`; the
+//! words always were atomic), through pointers with the table memory's own provenance. Values
+//! torn across those words (a slot reused between two loads) are never used: the version check
+//! discards the whole read.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -212,14 +221,26 @@ fn heavy_fence() {
 pub(crate) fn read<R>(f: impl FnOnce() -> R) -> Option<(usize, R)> {
     let i = slot()?;
     let active = &ACTIVE[i];
-    // Only this thread writes its slot: plain loads and stores.
+    // Only this thread writes its slot: plain loads and stores. Release on entering too: a
+    // rebuild that sees this read's odd value has seen the previous read end.
     let seq = active.load(Ordering::Relaxed);
-    active.store(seq.wrapping_add(1), Ordering::Relaxed);
+    active.store(seq.wrapping_add(1), Ordering::Release);
     light_fence();
-    let r = f();
-    // Release: a rebuild that sees the slot move on sees this read's loads done.
-    active.store(seq.wrapping_add(2), Ordering::Release);
-    Some((i, r))
+    // Leaves the read even if `f` unwinds, so that no rebuild waits for it forever and the
+    // slot is never handed on odd.
+    let _leave = Leave(active, seq.wrapping_add(2));
+    Some((i, f()))
+}
+
+/// The end of a read: the slot's next even value.
+struct Leave<'a>(&'a AtomicU64, u64);
+
+impl Drop for Leave<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // Release: a rebuild that sees the slot move on sees this read's loads done.
+        self.0.store(self.1, Ordering::Release);
+    }
 }
 
 /// Waits until every read outside the lock that may have loaded an address the caller has

@@ -821,6 +821,15 @@ impl<V> Shard<V> {
         // The old table (with the values of dropped entries, whose `Drop` is user code) goes
         // only once the wheel follows the new one, and only after the lock is released.
         let reusable = self.table.capacity() <= old.capacity() + old.capacity() / 4;
+        // A table replaced earlier must have gone through the chores (and their grace period
+        // for readers outside the lock): dropped here, it would be freed under their feet. Never
+        // so: every claim lets go through `ShardCell::unlock`, which takes the chores, and a
+        // claim rebuilds at most once (a table rebuilt at its bound starts well below the
+        // rebuild point).
+        debug_assert!(
+            self.retired.is_none(),
+            "a replaced table skipped its chores"
+        );
         self.retired = Some(Retired {
             table: old,
             moved,

@@ -753,7 +753,8 @@ impl<V> Store<V> {
     /// claim then runs under the lock). Only for dedup-only stores (nothing to clone out of the
     /// table) and claims without a fingerprint. Takes effect when it reads the entry's word:
     /// the time it checks the deadline against is read after the lock's version (so it is not
-    /// behind any locked operation before it on the shard) and before the word.
+    /// behind any locked operation before it on the shard) and after the word (so if anything
+    /// later than the moment the replay takes effect).
     #[cfg(not(idemstore_loom))]
     #[inline]
     fn replay_unlocked(&self, cell: &ShardCell<V>, h: &KeyHash) -> Option<Replay<'_, V>> {
@@ -1139,5 +1140,53 @@ impl<V> Drop for Guard<'_, V> {
             // A lost lease has nothing to give back; the error carries no news here.
             let _ = self.release_key();
         }
+    }
+}
+
+#[cfg(all(test, not(idemstore_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn unlocked<V>(store: &Store<V>) -> u64 {
+        store
+            .inner
+            .unlocked_replays
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .sum()
+    }
+
+    /// A thread whose claims are mostly replays replays outside the lock (after its first few
+    /// replays raise its score), and those replays are counted; a store that keeps values
+    /// replays under the lock.
+    #[test]
+    fn mostly_replays_go_outside_the_lock_and_are_counted() {
+        let store: Store = Store::builder().build().expect("a valid configuration");
+        for id in 0..100u128 {
+            let Ok(Claim::Acquired(g)) = store.claim_id(id) else {
+                panic!("key {id} is new");
+            };
+            g.complete(()).expect("the lease is 30 s");
+        }
+        for id in 0..100u128 {
+            assert!(store.claim_id(id).expect("valid").is_completed());
+        }
+        let n = unlocked(&store);
+        assert!(
+            (80..=96).contains(&n),
+            "{n} of 100 replays outside the lock"
+        );
+        assert_eq!(store.stats().replayed, 100);
+
+        let valued: Store<u64> = Store::builder().build().expect("a valid configuration");
+        let Ok(Claim::Acquired(g)) = valued.claim_id(1) else {
+            panic!("new");
+        };
+        g.complete(7).expect("the lease is 30 s");
+        for _ in 0..20 {
+            assert!(valued.claim_id(1).expect("valid").is_completed());
+        }
+        assert_eq!(unlocked(&valued), 0, "a value is cloned under the lock");
     }
 }

@@ -88,10 +88,8 @@ impl Whereabouts {
         use std::sync::atomic::Ordering::Relaxed;
         // Relaxed: a reader that sees a mix of old and new values prefetches the wrong lines,
         // which is harmless.
-        self.tags
-            .store(table.mem.tags().as_ptr().cast_mut(), Relaxed);
-        self.slots
-            .store(table.mem.slots().as_ptr().cast_mut(), Relaxed);
+        self.tags.store(table.mem.raw_tags(), Relaxed);
+        self.slots.store(table.mem.raw_slots(), Relaxed);
         self.overflow
             .store(table.overflow.as_ptr().cast_mut(), Relaxed);
         self.groups.store(table.groups, Relaxed);
@@ -152,8 +150,8 @@ impl Place {
         let g = h.home(self.groups);
         // SAFETY: `g < groups`, so the group's eight tag bytes are in the table's tags, which
         // the caller keeps mapped; they start at a multiple of 8 from the 64-byte aligned
-        // start, as an `AtomicU64` must. An atomic load of memory a writer may be storing to
-        // with plain stores: the compromise of every sequence lock (see `readers`).
+        // start, as an `AtomicU64` must. A writer stores a group whole, atomically (see
+        // `readers`).
         let tags = unsafe { &*self.tags.add(g * GROUP).cast::<AtomicU64>() }.load(Relaxed);
         let mut hits = match_byte(u64::from_le(tags), h.tag());
         while hits != 0 {
@@ -270,41 +268,53 @@ impl Memory {
         }
     }
 
+    /// The tags' start, with the memory's own provenance (see `ZeroedArray::as_raw`): what
+    /// readers outside the lock load through, and what writes that may race with them use.
+    #[inline]
+    fn raw_tags(&self) -> *mut u8 {
+        self.lines.as_raw().cast()
+    }
+
+    /// The slots' start, as [`Memory::raw_tags`].
+    #[inline]
+    fn raw_slots(&self) -> *mut Slot {
+        self.lines
+            .as_raw()
+            .wrapping_add(Self::tag_lines(self.cap))
+            .cast()
+    }
+
     /// Sets slot `i`'s tag byte by storing its whole group of eight tags, atomically: a table
     /// that replays read outside the lock (see `readers`) loads a group as one atomic word,
-    /// and a store of the same size is what races with it without leaving the memory model.
-    /// (A whole-group store also lets the next load of the group take it straight from the
-    /// store, where a one-byte store would make that load wait; see `Mover::run`.)
-    #[inline]
+    /// and a store of the same size is what may race with it. (A whole-group store also lets
+    /// the next load of the group take it straight from the store, where a one-byte store
+    /// would make that load wait; see `Mover::run`.)
+    #[inline(always)]
     fn set_tag(&mut self, i: usize, tag: u8) {
         use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
         let base = i / GROUP * GROUP;
         let shift = (i % GROUP) * 8;
         // SAFETY: `base + GROUP <= cap` (tables hold whole groups), so the eight bytes are
-        // tags of this memory, at a multiple of 8 from its 64-byte aligned start.
-        let group = unsafe {
-            &*self
-                .lines
-                .as_ptr()
-                .cast::<u8>()
-                .add(base)
-                .cast::<AtomicU64>()
-        };
+        // tags of this memory, at a multiple of 8 from its 64-byte aligned start; the pointer
+        // has the memory's provenance, and `&mut self` makes this thread its only writer.
+        let group = unsafe { &*self.raw_tags().add(base).cast::<AtomicU64>() };
         let old = u64::from_le(group.load(Relaxed));
         let new = (old & !(0xFF << shift)) | (u64::from(tag) << shift);
         group.store(new.to_le(), Relaxed);
     }
 
     /// Writes slot `i`'s hash, each half by an atomic store (see [`Memory::set_tag`]).
-    #[inline]
+    #[inline(always)]
     fn set_hash(&mut self, i: usize, h: &KeyHash) {
         use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-        let s = &self.slots()[i];
-        // SAFETY: `hi` and `lo` are aligned `u64`s of a slot of this memory, which `&mut self`
-        // lets this thread write; readers outside the lock only load them, atomically.
+        assert!(i < self.cap);
+        // SAFETY: slot `i` of this memory (`i < cap`), through a pointer with the memory's
+        // provenance; `hi` and `lo` are aligned `u64`s, which `&mut self` makes this thread
+        // the only writer of; readers outside the lock only load them, atomically.
         unsafe {
-            (*std::ptr::from_ref(&s.hi).cast::<AtomicU64>()).store(h.hi, Relaxed);
-            (*std::ptr::from_ref(&s.lo).cast::<AtomicU64>()).store(h.lo, Relaxed);
+            let s = self.raw_slots().add(i);
+            (*std::ptr::addr_of_mut!((*s).hi).cast::<AtomicU64>()).store(h.hi, Relaxed);
+            (*std::ptr::addr_of_mut!((*s).lo).cast::<AtomicU64>()).store(h.lo, Relaxed);
         }
     }
 
@@ -369,6 +379,12 @@ impl Memory {
     }
     fn parts_mut(&mut self) -> (&mut [u8], &mut [Slot]) {
         (&mut self.tags, &mut self.slots)
+    }
+    fn raw_tags(&self) -> *mut u8 {
+        self.tags.as_ptr().cast_mut()
+    }
+    fn raw_slots(&self) -> *mut Slot {
+        self.slots.as_ptr().cast_mut()
     }
     fn set_tag(&mut self, i: usize, tag: u8) {
         self.tags[i] = tag;
@@ -961,7 +977,7 @@ impl<V> Table<V> {
     }
 
     /// Puts a new entry in the free slot `pos` returned by [`Table::probe`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert_at(&mut self, pos: usize, h: &KeyHash, word: Word, fingerprint: u64) {
         debug_assert!(!self.is_occupied(pos));
         self.pass(h.home(self.groups), pos / GROUP, 1);
