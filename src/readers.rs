@@ -125,11 +125,12 @@ pub(crate) fn replays_likely() -> bool {
 pub(crate) fn note_claim(replayed: bool) {
     REPLAYS.with(|r| {
         let v = r.get();
-        r.set(if replayed {
-            (v + 2).min(MOST)
-        } else {
-            v.saturating_sub(1)
-        });
+        // A thread that claims only new keys sits at 0 and writes nothing.
+        if replayed {
+            r.set((v + 2).min(MOST));
+        } else if v != 0 {
+            r.set(v - 1);
+        }
     });
 }
 
