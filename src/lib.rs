@@ -161,7 +161,11 @@
 //! unlock), each a full fence on x86; claim + complete of new keys on one thread ran about 10%
 //! faster that way, and with a shard per few thousand keys two owners rarely complete in the
 //! same shard at once. Release and extend take the lock only in read mode and change the entry
-//! with a compare-and-swap on its state word. See the `state` module.
+//! with a compare-and-swap on its state word. See the `state` module. In a dedup-only store
+//! (`Store<()>`), a claim without a fingerprint may replay a completed key without the lock:
+//! it reads the entry as a sequence-lock reader and falls back to the lock if a writer came
+//! meanwhile (a thread tries this first once most of its recent claims were replays; see the
+//! `readers` module and the README's design notes).
 //! Each shard has an `event-listener` event that its owners notify after they complete or
 //! release a key, when the shard's count of waiters says someone waits; a waiter counts itself
 //! and listens before it looks at the key, so a completion between its look and its wait still

@@ -5,7 +5,11 @@
 //!   take over or reuse an entry) and **completions** hold the lock in write mode; a completion
 //!   checks that the word is still the one its guard installed and stores the completed word
 //!   (nothing else can change it meanwhile). **Release and extend** hold it only in read mode;
-//!   their transition is a `compare_exchange` on this word.
+//!   their transition is a `compare_exchange` on this word. **Replays** of a dedup-only store
+//!   may hold no lock at all: they load this word (with the key's tags and hash) as
+//!   sequence-lock readers and use it only if no writer held the lock meanwhile (`readers`);
+//!   the read-mode transitions above never make or unmake a Completed word, so they cannot
+//!   mislead such a replay.
 //! - A guard remembers the exact word it installed. Its transition succeeds only if the word is
 //!   still that one; any takeover, expiry or reuse since then changed the word, so a stale guard
 //!   fails with `LeaseLost` and changes nothing. A later owner's word always differs from an
