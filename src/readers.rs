@@ -110,9 +110,10 @@ const MOST: u8 = 16;
 
 /// Whether this thread's recent claims were replays often enough that the next one should try
 /// the read outside the lock before the lock. The try costs a claim of a new key about 90
-/// instructions (a third more: 12% slower claims of new keys at 10 M keys in the bench), and
-/// saves a replay the lock's compare-and-swap on a line the other cores write too; it pays
-/// when about a third of the claims or more are replays. The score rises by 2 per replay and
+/// instructions (a quarter more: 12% slower claims of new keys at 10 M keys in the bench), and
+/// saves a replay the lock's compare-and-swap on a line the other cores write too; by those
+/// two costs it should pay when about a third of the claims or more are replays (an estimate:
+/// the break-even point was not measured). The score rises by 2 per replay and
 /// falls by 1 per other outcome, so it climbs past [`LIKELY`] only where replays are more than
 /// a third of the claims.
 #[inline]
