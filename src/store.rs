@@ -908,6 +908,7 @@ impl<V> Inner<V> {
         s.memory_bytes += self.pool.heap_bytes();
         #[cfg(not(idemstore_loom))]
         {
+            s.memory_bytes += std::mem::size_of_val(&*self.unlocked_replays);
             s.replayed += self
                 .unlocked_replays
                 .iter()
