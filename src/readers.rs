@@ -6,8 +6,8 @@
 //! was the largest cost of a replay at millions of keys: it reads the shard's table as a
 //! sequence-lock reader does (`RawLock::begin_read`, the reads, `RawLock::validate`) and falls
 //! back to the locked claim whenever a writer overlapped it or it found anything but a
-//! completed, unexpired entry in the key's home group. What it read then was the table as the
-//! last writer left it.
+//! completed, unexpired entry in the first groups of the key's probe path (`Place::word`). What
+//! it read then was the table as the last writer left it.
 //!
 //! The version check makes the values read trustworthy, not the memory: a rebuild can replace
 //! the table while a reader still holds its address, and the old table's memory is then given
@@ -39,8 +39,9 @@
 //!
 //! Every access to a live table that may race with such a read is atomic and of the same size:
 //! the reader loads a group of eight tags, a hash's halves and the state word as `AtomicU64`s,
-//! and the writers, under the lock, store them so (`Memory::set_tag`, `Memory::set_hash`; the
-//! words always were atomic), through pointers with the table memory's own provenance. Values
+//! and a group's overflow count as an `AtomicU8`; the writers, under the lock, store them so
+//! (`Memory::set_tag`, `Memory::set_hash`, `Table::pass`; the words always were atomic),
+//! through pointers with the memory's own provenance. Values
 //! torn across those words (a slot reused between two loads) are never used: the version check
 //! discards the whole read.
 

@@ -92,9 +92,9 @@ impl<V> ShardCell<V> {
     }
 
     /// The word of `h`'s entry and the time (ns: `clock`'s reading, not behind the shard's
-    /// time), read without taking the lock, if the entry sits in its home group and no writer
-    /// held the lock meanwhile; `None` if not (the caller then claims under the lock). Call
-    /// inside `readers::read` (see there).
+    /// time), read without taking the lock, if the entry sits in the first groups of its probe
+    /// path ([`Place::word`]) and no writer held the lock meanwhile; `None` if not (the caller
+    /// then claims under the lock). Call inside `readers::read` (see there).
     #[cfg(not(idemstore_loom))]
     #[inline]
     pub(crate) fn read_unlocked(
@@ -112,7 +112,7 @@ impl<V> ShardCell<V> {
         // left them. That table's memory stays mapped while this read lasts: the caller reads
         // inside `readers::read`, and a table replaced since is kept until
         // `readers::synchronize` (`Chores::run`).
-        let word = unsafe { place.home_word(h) }?;
+        let word = unsafe { place.word(h) }?;
         // Read only for a key that is there (a claim of a new key reads it under the lock), and
         // after the version, so not behind the time of any locked operation before this read;
         // after the word too, which makes it if anything later than the moment the read takes
@@ -1159,7 +1159,7 @@ mod tests {
         let deadline = claim_complete(&c, 1, 5);
         assert!(matches!(claim(&c, 2), Outcome::Acquired { .. }));
         c.advance_time(&mut c.lock.write(), 5_400_000);
-        let (w, now) = read(1, 3_000_000).expect("completed, in its home group");
+        let (w, now) = read(1, 3_000_000).expect("completed, in place");
         assert_eq!((w.phase(), w.deadline()), (Phase::Completed, deadline));
         assert_eq!(now, 5_000_000, "never behind the shard's time (5 ms)");
         let (w, now) = read(1, 9_000_000).expect("completed");

@@ -748,8 +748,9 @@ impl<V> Store<V> {
         })
     }
 
-    /// The replay of `h` if its entry is completed and unexpired and sits in its home group,
-    /// found without taking the shard's lock (see `readers`); `None` if anything else (the
+    /// The replay of `h` if its entry is completed and unexpired and sits in the first groups of
+    /// its probe path, found without taking the shard's lock (see `readers`); `None` if
+    /// anything else (the
     /// claim then runs under the lock). Only for dedup-only stores (nothing to clone out of the
     /// table) and claims without a fingerprint. Takes effect when it reads the entry's word:
     /// the time it checks the deadline against is read after the lock's version (so it is not

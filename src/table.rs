@@ -115,6 +115,7 @@ impl Whereabouts {
 pub(crate) struct Place {
     tags: *const u8,
     slots: *const Slot,
+    overflow: *const u8,
     groups: usize,
 }
 
@@ -127,6 +128,7 @@ impl Whereabouts {
         Place {
             tags: self.tags.load(Relaxed),
             slots: self.slots.load(Relaxed),
+            overflow: self.overflow.load(Relaxed),
             groups: self.groups.load(Relaxed),
         }
     }
@@ -134,10 +136,12 @@ impl Whereabouts {
 
 #[cfg(not(idemstore_loom))]
 impl Place {
-    /// The state word of `h`'s entry if it sits in its home group (most entries do; the rest
-    /// are left to the locked path), read without the shard's lock. What it reads may be torn
-    /// by a writer: only a read that the shard's lock version validates afterwards means
-    /// anything.
+    /// The state word of `h`'s entry, read without the shard's lock, if it sits in one of the
+    /// first [`UNLOCKED_PROBE_GROUPS`] groups of its probe path (almost every entry sits in its
+    /// home group; a few percent in a later one); `None` if it is not found there. The probe
+    /// is [`Table::probe`]'s, without the free slot: it goes on past a group only while that
+    /// group's overflow count says an entry lies beyond. What it reads may be torn by a
+    /// writer: only a read that the shard's lock version validates afterwards means anything.
     ///
     /// # Safety
     /// The place must be one the shard's lock version validated (so its addresses and group
@@ -145,9 +149,66 @@ impl Place {
     /// `readers::read`, from a shard that keeps a replaced table until `readers::synchronize`
     /// returns.
     #[inline]
-    pub(crate) unsafe fn home_word(self, h: &KeyHash) -> Option<Word> {
-        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    pub(crate) unsafe fn word(self, h: &KeyHash) -> Option<Word> {
         let g = h.home(self.groups);
+        // SAFETY: as this function's (`g < groups`).
+        if let Some(word) = unsafe { self.group_word(g, h) } {
+            return Some(word);
+        }
+        // SAFETY: as this function's.
+        if unsafe { self.passed(g) } {
+            // SAFETY: as this function's.
+            return unsafe { self.word_beyond(g, h) };
+        }
+        None
+    }
+
+    /// [`Place::word`] past the home group `home`, out of line: few keys get here.
+    ///
+    /// # Safety
+    /// As [`Place::word`]'s.
+    #[cold]
+    #[inline(never)]
+    unsafe fn word_beyond(self, home: usize, h: &KeyHash) -> Option<Word> {
+        let mut g = home;
+        for _ in 1..UNLOCKED_PROBE_GROUPS.min(self.groups) {
+            g += 1;
+            if g == self.groups {
+                g = 0;
+            }
+            // SAFETY: `g < groups`, and the caller's promises.
+            if let Some(word) = unsafe { self.group_word(g, h) } {
+                return Some(word);
+            }
+            // SAFETY: as above.
+            if !unsafe { self.passed(g) } {
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Whether an entry lies beyond group `g` on a path through it (its overflow count is not
+    /// 0), so that a probe goes on.
+    ///
+    /// # Safety
+    /// `g < groups`, and [`Place::word`]'s promises.
+    #[inline(always)]
+    unsafe fn passed(self, g: usize) -> bool {
+        use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+        // SAFETY: `g < groups`, a count of the table's overflow array (one per group), which
+        // the caller keeps mapped as it does the tags; writers store counts atomically
+        // (`Table::pass`).
+        unsafe { AtomicU8::from_ptr(self.overflow.add(g).cast_mut()) }.load(Relaxed) != 0
+    }
+
+    /// The word of `h`'s entry if it sits in group `g`.
+    ///
+    /// # Safety
+    /// `g < groups`, and [`Place::word`]'s promises.
+    #[inline(always)]
+    unsafe fn group_word(self, g: usize, h: &KeyHash) -> Option<Word> {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
         // SAFETY: `g < groups`, so the group's eight tag bytes are in the table's tags, which
         // the caller keeps mapped; they start at a multiple of 8 from the 64-byte aligned
         // start, as an `AtomicU64` must. A writer stores a group whole, atomically (see
@@ -174,6 +235,11 @@ impl Place {
         None
     }
 }
+
+/// How many groups of a key's probe path a read outside the lock looks through
+/// ([`Place::word`]) before it leaves the key to the locked claim.
+#[cfg(not(idemstore_loom))]
+const UNLOCKED_PROBE_GROUPS: usize = 4;
 
 /// One entry: the key's 128-bit hash and its state word. 24 bytes.
 #[derive(Debug)]
@@ -992,14 +1058,26 @@ impl<V> Table<V> {
     /// including, `to`: the groups a probe path from `home` runs through to reach group `to`.
     /// Mostly there are none (the entry sits in its home group). A count that reached
     /// [`OVERFLOW_STUCK`] stays there: probes then always go on past that group, which is safe.
+    ///
+    /// Stored atomically (as wide as the reads outside the lock, see `readers`), through a
+    /// pointer with the array's own provenance.
     #[inline]
     fn pass(&mut self, home: usize, to: usize, by: i8) {
+        let counts = self.overflow.as_mut_ptr();
         let mut g = home;
         while g != to {
-            let c = &mut self.overflow[g];
-            debug_assert!(by > 0 || *c > 0, "an overflow count below zero");
-            if *c != OVERFLOW_STUCK {
-                *c = c.wrapping_add_signed(by);
+            assert!(g < self.overflow.len());
+            // SAFETY: `g` is in bounds (just checked), the pointer comes from the array, and a
+            // `u8` has the size and alignment of an `AtomicU8`; every access to a live table's
+            // counts that may race (reads outside the lock) is atomic.
+            let c = unsafe { std::sync::atomic::AtomicU8::from_ptr(counts.add(g)) };
+            let n = c.load(std::sync::atomic::Ordering::Relaxed);
+            debug_assert!(by > 0 || n > 0, "an overflow count below zero");
+            if n != OVERFLOW_STUCK {
+                c.store(
+                    n.wrapping_add_signed(by),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             g += 1;
             if g == self.groups {
@@ -1418,6 +1496,68 @@ mod tests {
             hi: 0x100 + n,
             lo: (home << 61) | n,
         }
+    }
+
+    /// A read outside the lock (here with no writer at all) follows a key's probe path as a
+    /// locked probe does: past a group only while its overflow count says an entry lies
+    /// beyond, for up to `UNLOCKED_PROBE_GROUPS` groups, round the table's end too.
+    #[cfg(not(idemstore_loom))]
+    #[test]
+    fn reads_outside_the_lock_follow_the_probe_path_while_overflow_counts_say_so() {
+        let mut t: Table<()> = Table::with_capacity(64);
+        let at = Whereabouts::default();
+        let insert = |t: &mut Table<()>, h: &KeyHash, deadline: u64| {
+            let Probe::Absent(pos) = t.probe(h) else {
+                panic!("absent")
+            };
+            t.insert_at(pos, h, w(deadline), 0);
+            pos
+        };
+        let read = |t: &Table<()>, h: &KeyHash| {
+            at.update(t);
+            // SAFETY: the place is the live table's, read with no writer at work.
+            unsafe { at.place().word(h) }.map(Word::deadline)
+        };
+        // Twelve keys homed at group 6: eight fill it, four overflow into group 7.
+        let keys: Vec<KeyHash> = (0..12).map(|n| homed(6, n)).collect();
+        for (n, h) in keys.iter().enumerate() {
+            insert(&mut t, h, 100 + n as u64);
+        }
+        for (n, h) in keys.iter().enumerate() {
+            assert_eq!(read(&t, h), Some(100 + n as u64), "key {n}");
+        }
+        // Absent keys: homed at 6, the probe goes on into 7 and ends there (its count is 0);
+        // homed at 2, it ends in its home group.
+        assert_eq!(read(&t, &homed(6, 99)), None);
+        assert_eq!(read(&t, &homed(2, 99)), None);
+        // Nine more homed at 7: group 7 is full with four of 6's keys and four of these, so
+        // the last one wraps round to group 0, through 7, and is read there.
+        for n in 0..5 {
+            insert(&mut t, &homed(7, 200 + n), 300 + n);
+        }
+        assert_eq!(t.find(&homed(7, 204)).unwrap() / GROUP, 0);
+        assert_eq!(read(&t, &homed(7, 204)), Some(304));
+        // Once the overflowed keys are gone, the counts end the probe at the home group.
+        for h in &keys[8..] {
+            t.remove(t.find(h).unwrap());
+        }
+        t.remove(t.find(&homed(7, 204)).unwrap());
+        assert_eq!(t.overflow[6..8], [0, 0]);
+        assert_eq!(read(&t, &keys[9]), None);
+        // A key past the groups a read looks through is left to the locked probe: fill groups
+        // 0 to 4 from home 0 (40 keys), the last ones land in group 4, the fifth group.
+        let mut t: Table<()> = Table::with_capacity(64);
+        for n in 0..40 {
+            insert(&mut t, &homed(0, n), n);
+        }
+        assert_eq!(t.find(&homed(0, 39)).unwrap() / GROUP, 4);
+        assert_eq!(read(&t, &homed(0, 31)), Some(31), "in the fourth group");
+        assert_eq!(
+            read(&t, &homed(0, 39)),
+            None,
+            "in the fifth group: the locked probe's"
+        );
+        assert!(t.find(&homed(0, 39)).is_some());
     }
 
     #[test]
