@@ -23,9 +23,10 @@
 //!   picked at random among the live keys; peers do a `get` of a present key.
 //! - `claim_complete`: a claim of a never-seen key and its `complete(())`; peers do
 //!   insert-if-absent (they have no second step).
-//! - `hot_keys`: every thread claims the same 16 completed keys over and over (replays, so
-//!   idemstore takes those keys' shard locks in write mode); peers do insert-if-absent of present
-//!   keys (the dedup check), on a map that also holds the N live keys.
+//! - `hot_keys`: every thread claims the same 16 completed keys over and over (replays: since
+//!   the twelfth session they read the table without the shard lock, see `readers.rs`; before,
+//!   they took those keys' shard locks in write mode); peers do insert-if-absent of present keys
+//!   (the dedup check, under the map's write lock), on a map that also holds the N live keys.
 //! - `ttl_churn`: idemstore alone at steady state, claim + complete of new keys on a manual
 //!   clock that moves ttl/N per new key, so keys expire exactly as fast as they arrive and N
 //!   stay live: `ttl-1s` against `ttl-24h` on the same live count, to show the ttl's length

@@ -750,9 +750,8 @@ impl<V> Store<V> {
 
     /// The replay of `h` if its entry is completed and unexpired and sits in the first groups of
     /// its probe path, found without taking the shard's lock (see `readers`); `None` if
-    /// anything else (the
-    /// claim then runs under the lock). Only for dedup-only stores (nothing to clone out of the
-    /// table) and claims without a fingerprint. Takes effect when it reads the entry's word:
+    /// anything else (the claim then runs under the lock). Only for dedup-only stores (nothing
+    /// to clone out of the table) and claims without a fingerprint. Takes effect when it reads the entry's word:
     /// the time it checks the deadline against is read after the lock's version (so it is not
     /// behind any locked operation before it on the shard) and after the word (so if anything
     /// later than the moment the replay takes effect).

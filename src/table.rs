@@ -9,6 +9,8 @@
 //! Slots never move except when the whole table is rebuilt, which is what lets the timing wheel
 //! refer to an entry by its 4-byte index.
 
+use std::fmt;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::key::{KeyHash, FIRST_TAG};
@@ -70,9 +72,10 @@ fn prefetch(at: *const i8) {
 
 /// Where a shard's table lives, readable without the shard lock, so a claim can start its probe's
 /// cache misses before it takes the lock, and a batch of claims those of later keys' probes
-/// while it works on earlier ones. Used only to prefetch: a stale value (a rebuild moved the
-/// table) costs a useless prefetch, never a wrong answer. Plain std atomics even under loom:
-/// nothing the engine decides depends on them.
+/// while it works on earlier ones; there a stale value (a rebuild moved the table) costs a
+/// useless prefetch, never a wrong answer. Replays outside the lock read it too ([`Place`]),
+/// and trust what they read only if the shard's lock version validates afterwards (see
+/// `readers`). Plain std atomics even under loom, which does not model those reads.
 #[derive(Debug, Default)]
 pub(crate) struct Whereabouts {
     tags: std::sync::atomic::AtomicPtr<u8>,
@@ -86,12 +89,12 @@ impl Whereabouts {
     /// Records where `table` lives; called under the write lock whenever the table changes.
     pub(crate) fn update<V>(&self, table: &Table<V>) {
         use std::sync::atomic::Ordering::Relaxed;
-        // Relaxed: a reader that sees a mix of old and new values prefetches the wrong lines,
-        // which is harmless.
+        // Relaxed: a prefetch that sees a mix of old and new values fetches the wrong lines,
+        // which is harmless; a read outside the lock that sees one fails its version check
+        // (the lock's word orders these stores before the unlock that moves the version).
         self.tags.store(table.mem.raw_tags(), Relaxed);
         self.slots.store(table.mem.raw_slots(), Relaxed);
-        self.overflow
-            .store(table.overflow.as_ptr().cast_mut(), Relaxed);
+        self.overflow.store(table.overflow.raw(), Relaxed);
         self.groups.store(table.groups, Relaxed);
     }
 
@@ -507,7 +510,7 @@ pub(crate) struct Table<V> {
     groups: usize,
     /// Per group, how many entries sit beyond it on probe paths that ran through it while it
     /// was full (saturating at [`OVERFLOW_STUCK`]). A probe ends at a group whose count is 0.
-    overflow: Box<[u8]>,
+    overflow: Overflow,
     occupied: usize,
     /// Entries at which the next insert would take the load past 0.9.
     rebuild_at: usize,
@@ -515,6 +518,79 @@ pub(crate) struct Table<V> {
     /// `rebuild_at` by [`spare_margin`] while the shard may still order a spare table for its
     /// next rebuild, at `rebuild_at` once it has (or if the table is too small to bother).
     check_at: usize,
+}
+
+/// A table's overflow counts, one byte per group, in an allocation held through a raw pointer
+/// (as the table's memory is, see `ZeroedArray::as_raw`) rather than a `Box`: reads outside
+/// the lock load counts through a pointer handed out earlier ([`Whereabouts`]) while the
+/// owner stores counts, which the sole ownership a `Box` claims would not allow.
+struct Overflow {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: an `Overflow` owns its bytes as a `Box<[u8]>` does.
+unsafe impl Send for Overflow {}
+// SAFETY: as above; shared access hands out `&[u8]`, or reads through `raw`.
+unsafe impl Sync for Overflow {}
+
+impl Overflow {
+    /// `len` zero counts; `None` if the memory cannot be had.
+    fn try_new(len: usize) -> Option<Self> {
+        let layout = std::alloc::Layout::array::<u8>(len.max(1)).ok()?;
+        // SAFETY: the layout's size is at least 1.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(Self { ptr, len })
+    }
+
+    /// `len` zero counts, or the allocation error's handler.
+    fn new(len: usize) -> Self {
+        Self::try_new(len).unwrap_or_else(|| {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<u8>(len.max(1)).expect("a table's group count"),
+            )
+        })
+    }
+
+    /// The counts' start, with the allocation's own provenance, made without a reference.
+    fn raw(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Overflow {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `try_new` with this layout (which was valid then).
+        unsafe {
+            std::alloc::dealloc(
+                self.ptr.as_ptr(),
+                std::alloc::Layout::array::<u8>(self.len.max(1)).expect("as allocated"),
+            )
+        };
+    }
+}
+
+impl std::ops::Deref for Overflow {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` initialized bytes (zero, or written since) owned here.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Overflow {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl fmt::Debug for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overflow")
+            .field("groups", &self.len)
+            .finish()
+    }
 }
 
 /// Tables smaller than this (in slots) are cheap to allocate under the lock: no spare.
@@ -853,8 +929,7 @@ impl<V> Table<V> {
     pub(crate) fn try_new(capacity: usize, huge: bool) -> Option<Self> {
         let cap = capacity.max(MIN_CAPACITY).checked_next_multiple_of(GROUP)?;
         let mem = Memory::try_new(cap, huge)?;
-        let mut overflow = Vec::new();
-        overflow.try_reserve_exact(cap / GROUP).ok()?;
+        let overflow = Overflow::try_new(cap / GROUP)?;
         let mut values = Vec::new();
         if stores_values::<V>() {
             values.try_reserve_exact(cap).ok()?;
@@ -864,30 +939,30 @@ impl<V> Table<V> {
 
     /// An empty table over `mem` (all tags `EMPTY`), whose capacity is a whole number of groups.
     fn with_memory(mem: Memory, huge: bool) -> Self {
-        Self::with_parts(mem, huge, Vec::new(), Vec::new())
+        let groups = mem.tags().len() / GROUP;
+        Self::with_parts(mem, huge, Overflow::new(groups), Vec::new())
     }
 
-    /// [`Table::with_memory`], filling in the (empty) vectors given for the overflow counts and
-    /// the values.
+    /// [`Table::with_memory`], with the overflow counts (one per group) and the (empty) vector
+    /// given for the values.
     fn with_parts(
         mem: Memory,
         huge: bool,
-        mut overflow: Vec<u8>,
+        overflow: Overflow,
         mut values: Vec<Option<Arc<V>>>,
     ) -> Self {
         let cap = mem.tags().len();
-        debug_assert!(cap.is_multiple_of(GROUP));
+        debug_assert!(cap.is_multiple_of(GROUP) && overflow.len() == cap / GROUP);
         if stores_values::<V>() {
             values.resize_with(cap, || None);
         }
-        overflow.resize(cap / GROUP, 0);
         Self {
             mem,
             huge,
             values: values.into_boxed_slice(),
             fingerprints: None,
             groups: cap / GROUP,
-            overflow: overflow.into_boxed_slice(),
+            overflow,
             occupied: 0,
             rebuild_at: rebuild_at(cap),
             check_at: check_at(cap),
@@ -1060,10 +1135,10 @@ impl<V> Table<V> {
     /// [`OVERFLOW_STUCK`] stays there: probes then always go on past that group, which is safe.
     ///
     /// Stored atomically (as wide as the reads outside the lock, see `readers`), through a
-    /// pointer with the array's own provenance.
+    /// pointer with the allocation's own provenance ([`Overflow::raw`]).
     #[inline]
     fn pass(&mut self, home: usize, to: usize, by: i8) {
-        let counts = self.overflow.as_mut_ptr();
+        let counts = self.overflow.raw();
         let mut g = home;
         while g != to {
             assert!(g < self.overflow.len());
