@@ -159,14 +159,11 @@ impl Place {
             return Some(word);
         }
         // SAFETY: as this function's.
-        if unsafe { self.passed(g) } {
-            // SAFETY: as this function's.
-            return unsafe { self.word_beyond(g, h) };
-        }
-        None
+        unsafe { self.word_beyond(g, h) }
     }
 
-    /// [`Place::word`] past the home group `home`, out of line: few keys get here.
+    /// [`Place::word`] past the home group `home` (where the key was not), out of line: few
+    /// reads get here.
     ///
     /// # Safety
     /// As [`Place::word`]'s.
@@ -175,17 +172,17 @@ impl Place {
     unsafe fn word_beyond(self, home: usize, h: &KeyHash) -> Option<Word> {
         let mut g = home;
         for _ in 1..UNLOCKED_PROBE_GROUPS.min(self.groups) {
+            // SAFETY: `g < groups`, and the caller's promises.
+            if !unsafe { self.passed(g) } {
+                return None;
+            }
             g += 1;
             if g == self.groups {
                 g = 0;
             }
-            // SAFETY: `g < groups`, and the caller's promises.
+            // SAFETY: as above.
             if let Some(word) = unsafe { self.group_word(g, h) } {
                 return Some(word);
-            }
-            // SAFETY: as above.
-            if !unsafe { self.passed(g) } {
-                return None;
             }
         }
         None
