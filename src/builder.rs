@@ -309,10 +309,12 @@ impl<V> Builder<V> {
                     per_shard_capacity.saturating_mul(shards).saturating_mul(25)
                 ))
             })?;
+        let seed = self.seed.unwrap_or_else(random_seed);
         let inner = Arc::new(Inner {
             shards: cells,
             shard_bits: shards.trailing_zeros(),
-            seed: self.seed.unwrap_or_else(random_seed),
+            seed,
+            id_keys: crate::key::IdKeys::new(seed),
             ttl_nanos,
             ttl_ms: ttl_nanos.div_ceil(1_000_000),
             lease_nanos,
@@ -325,9 +327,9 @@ impl<V> Builder<V> {
             weigher: self.weigher,
             pool: crate::shard::Pool::new(),
             #[cfg(not(idemstore_loom))]
-            unlocked_replays: (0..crate::readers::SLOTS)
-                .map(|_| CachePadded::new(std::sync::atomic::AtomicU64::new(0)))
-                .collect(),
+            unlocked_replays: Box::new(std::array::from_fn(|_| {
+                CachePadded::new(std::sync::atomic::AtomicU64::new(0))
+            })),
         });
         #[cfg(not(idemstore_loom))]
         crate::readers::init();

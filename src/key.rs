@@ -84,7 +84,7 @@ pub(crate) fn hash_key(seed: u64, scope: &[u8], key: &[u8]) -> KeyHash {
     }
 }
 
-/// Round constants of [`hash_id`]'s Feistel network: a key part xored in (with the seed), the
+/// Round constants of [`IdKeys::hash`]'s Feistel network: a key part xored in (with the seed), the
 /// first hex digits of pi, and an odd multiplier per round (the golden ratio's and e's digits,
 /// and two of xxHash's 64-bit primes).
 const ID_ROUNDS: [(u64, u64); 4] = [
@@ -102,23 +102,41 @@ fn fold(x: u64, m: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
-/// Hashes a caller's own 128-bit id: a keyed permutation of the 128-bit space, four rounds of a
-/// Feistel network whose round function is a folded multiply of one half keyed by the seed.
-/// Being a permutation, it gives distinct ids distinct identities (no collision at all, where
-/// hashing bytes leaves a 2^-128 chance), and it costs a fraction of hashing the id's 16 bytes
-/// with xxh3. The seed is mixed with a domain constant, so an id and a `(scope, key)` pair (whose
-/// identity is an xxh3 digest) meet only by a 128-bit collision.
-#[inline]
+/// [`IdKeys::hash`] under `seed`'s keys.
+#[cfg(test)]
 pub(crate) fn hash_id(seed: u64, id: u128) -> KeyHash {
-    let key = seed ^ ID_DOMAIN;
-    let mut l = (id >> 64) as u64;
-    let mut r = id as u64;
-    for (c, m) in ID_ROUNDS {
-        let next = l ^ fold(r ^ key ^ c, m);
-        l = r;
-        r = next;
+    IdKeys::new(seed).hash(id)
+}
+
+/// The round keys of [`IdKeys::hash`] under one seed, worked out once per store: the seed, the
+/// ids' domain and each round's constant xored, which leaves a round a load, an xor and a
+/// multiply.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdKeys([u64; 4]);
+
+impl IdKeys {
+    /// The keys under `seed`.
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(ID_ROUNDS.map(|(c, _)| seed ^ ID_DOMAIN ^ c))
     }
-    KeyHash { hi: l, lo: r }
+
+    /// Hashes a caller's own 128-bit id: a keyed permutation of the 128-bit space, four rounds
+    /// of a Feistel network whose round function is a folded multiply of one half keyed by the
+    /// seed. Being a permutation, it gives distinct ids distinct identities (no collision at
+    /// all, where hashing bytes leaves a 2^-128 chance), and it costs a fraction of hashing the
+    /// id's 16 bytes with xxh3. The seed is mixed with a domain constant, so an id and a
+    /// `(scope, key)` pair (whose identity is an xxh3 digest) meet only by a 128-bit collision.
+    #[inline(always)]
+    pub(crate) fn hash(&self, id: u128) -> KeyHash {
+        let mut l = (id >> 64) as u64;
+        let mut r = id as u64;
+        for (k, (_, m)) in self.0.iter().zip(ID_ROUNDS) {
+            let next = l ^ fold(r ^ k, m);
+            l = r;
+            r = next;
+        }
+        KeyHash { hi: l, lo: r }
+    }
 }
 
 /// Hashes a caller's 128-bit id within a (non-empty) scope: xxh3 of the scope and the id's 16

@@ -83,7 +83,7 @@ impl Drop for Owned {
     fn drop(&mut self) {
         // The thread is exiting: any read it still makes (from another thread-local's
         // destructor) goes under the lock, not through a slot another thread may take next.
-        let _ = SLOT.try_with(|s| s.set(None));
+        let _ = SLOT.try_with(|s| s.set(NO_SLOT));
         // Release: the next owner's stores to the slot (and to the stores' counters of it)
         // come after this thread's.
         TAKEN[self.0].store(false, Ordering::Release);
@@ -91,9 +91,11 @@ impl Drop for Owned {
 }
 
 thread_local! {
-    /// This thread's slot: taken at its first read, `None` if none was free then (its reads
-    /// then always go under the lock; it tries again after [`RETRY_AFTER`] of them).
-    static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+    /// This thread's slot as its reads use it: the slot's index, plus [`FENCED`] where reads
+    /// fence (the fences are not asymmetric); [`NO_SLOT`] until its first read, and while none
+    /// is free (its reads then go under the lock; it tries again after [`RETRY_AFTER`] of
+    /// them). One word, so that a read's whole preparation is one thread-local load.
+    static SLOT: Cell<usize> = const { Cell::new(NO_SLOT) };
     static OWNED: OwnedSlot = const { OwnedSlot(Cell::new(None), Cell::new(0)) };
 }
 
@@ -127,9 +129,12 @@ pub(crate) fn replays_likely() -> bool {
 pub(crate) fn note_claim(replayed: bool) {
     REPLAYS.with(|r| {
         let v = r.get();
-        // A thread that claims only new keys sits at 0 and writes nothing.
+        // A thread that claims only new keys sits at 0, one that only replays at `MOST`:
+        // neither writes anything.
         if replayed {
-            r.set((v + 2).min(MOST));
+            if v < MOST {
+                r.set((v + 2).min(MOST));
+            }
         } else if v != 0 {
             r.set(v - 1);
         }
@@ -143,13 +148,20 @@ const RETRY_AFTER: u32 = 1 << 16;
 /// the reads left before a thread without a slot looks for one again.
 struct OwnedSlot(Cell<Option<Owned>>, Cell<u32>);
 
-/// This thread's slot, taking one if it has none.
+/// [`SLOT`] of a thread without a slot.
+const NO_SLOT: usize = usize::MAX;
+/// Set in [`SLOT`] beside the index where a read must run a full fence ([`light_fence`]): the
+/// bit above every index's.
+const FENCED: usize = SLOTS;
+const _: () = assert!(SLOTS.is_power_of_two());
+
+/// This thread's [`SLOT`] value, taking a slot if it has none.
 #[inline]
 fn slot() -> Option<usize> {
-    if let Ok(Some(i)) = SLOT.try_with(Cell::get) {
-        return Some(i);
+    match SLOT.try_with(Cell::get) {
+        Ok(s) if s != NO_SLOT => Some(s),
+        _ => slot_slow(),
     }
-    slot_slow()
 }
 
 #[cold]
@@ -164,10 +176,13 @@ fn slot_slow() -> Option<usize> {
             }
             match Owned::take() {
                 Some(owned) => {
-                    let i = owned.0;
+                    // Decided when the first store was built, before any read (`init`);
+                    // undecided would mean fencing, which is always correct.
+                    let fenced = ASYMMETRIC.load(Ordering::Acquire) != 1;
+                    let s = owned.0 | if fenced { FENCED } else { 0 };
                     o.0.set(Some(owned));
-                    let _ = SLOT.try_with(|s| s.set(Some(i)));
-                    Some(i)
+                    let _ = SLOT.try_with(|c| c.set(s));
+                    Some(s)
                 }
                 None => {
                     o.1.set(RETRY_AFTER);
@@ -193,10 +208,10 @@ pub(crate) fn init() {
     });
 }
 
-/// The reader's side of the handshake.
+/// The reader's side of the handshake, for a thread whose [`SLOT`] is `slot`.
 #[inline(always)]
-fn light_fence() {
-    if ASYMMETRIC.load(Ordering::Relaxed) == 1 {
+fn light_fence(slot: usize) {
+    if slot & FENCED == 0 {
         std::sync::atomic::compiler_fence(Ordering::SeqCst);
     } else {
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -222,13 +237,14 @@ fn heavy_fence() {
 /// `f` must load every table address it reads through after this has started.
 #[inline]
 pub(crate) fn read<R>(f: impl FnOnce() -> R) -> Option<(usize, R)> {
-    let i = slot()?;
+    let s = slot()?;
+    let i = s % SLOTS;
     let active = &ACTIVE[i];
     // Only this thread writes its slot: plain loads and stores. Release on entering too: a
     // rebuild that sees this read's odd value has seen the previous read end.
     let seq = active.load(Ordering::Relaxed);
     active.store(seq.wrapping_add(1), Ordering::Release);
-    light_fence();
+    light_fence(s);
     // Leaves the read even if `f` unwinds, so that no rebuild waits for it forever and the
     // slot is never handed on odd.
     let _leave = Leave(active, seq.wrapping_add(2));

@@ -91,19 +91,23 @@ impl<V> ShardCell<V> {
         now
     }
 
-    /// The word of `h`'s entry and the time (ns: `clock`'s reading, not behind the shard's
-    /// time), read without taking the lock, if the entry sits in the first groups of its probe
-    /// path ([`Place::word`]) and no writer held the lock meanwhile; `None` if not (the caller
-    /// then claims under the lock). Call inside `readers::read` (see there).
+    /// The deadline (ms) of `h`'s entry and the time (ns: `clock`'s reading, not behind the
+    /// shard's time), read without taking the lock, if the entry is completed and its window
+    /// has not ended by that time, it sits in the first groups of its probe path
+    /// ([`Place::word`]) and no writer held the lock meanwhile; `None` if not (the caller then
+    /// claims under the lock). Call inside `readers::read` (see there).
     #[cfg(not(idemstore_loom))]
-    #[inline]
-    pub(crate) fn read_unlocked(
+    #[inline(always)]
+    pub(crate) fn replay_unlocked(
         &self,
         h: &KeyHash,
         clock: impl FnOnce() -> u64,
-    ) -> Option<(Word, u64)> {
+    ) -> Option<(u64, u64)> {
+        use crate::clock::NANOS_PER_MS;
         let version = self.lock.begin_read()?;
         let place = self.whereabouts.place();
+        // The slots' misses overlap the tags'.
+        place.prefetch_slots(h);
         let time_ms = self.time_ms.load(std::sync::atomic::Ordering::Relaxed);
         if !self.lock.validate(version) {
             return None;
@@ -113,12 +117,23 @@ impl<V> ShardCell<V> {
         // inside `readers::read`, and a table replaced since is kept until
         // `readers::synchronize` (`Chores::run`).
         let word = unsafe { place.word(h) }?;
+        if word.phase() != Phase::Completed {
+            return None;
+        }
+        let deadline = word.deadline();
         // Read only for a key that is there (a claim of a new key reads it under the lock), and
         // after the version, so not behind the time of any locked operation before this read;
         // after the word too, which makes it if anything later than the moment the read takes
         // effect: a replay never outlasts its window.
-        let time = clock().max(time_ms.saturating_mul(crate::clock::NANOS_PER_MS));
-        self.lock.validate(version).then_some((word, time))
+        let now = clock();
+        // The window is open at `max(now, time_ms)` iff it is at both: whole ms below the
+        // deadline, which is at most 2^44 ms, so `deadline * NANOS_PER_MS` fits in a u64.
+        if time_ms >= deadline || now >= deadline * NANOS_PER_MS {
+            return None;
+        }
+        self.lock
+            .validate(version)
+            .then_some((deadline, now.max(time_ms * NANOS_PER_MS)))
     }
 
     /// Lets go of the shard's lock, then does the chores an operation left (memory to make,
@@ -1144,34 +1159,43 @@ mod tests {
         (s.wheel.len(), s.queue.len())
     }
 
-    /// A read outside the lock finds a completed entry's word and a time not behind the
-    /// shard's, an in-flight entry's word, nothing for an absent key, and nothing at all while
-    /// a writer holds the lock; across a rebuild it finds the entries in the new table.
+    /// A replay outside the lock finds a completed entry's deadline and a time not behind the
+    /// shard's; nothing for an in-flight entry, an absent key or an ended window, and nothing
+    /// at all while a writer holds the lock; across a rebuild it finds the entries in the new
+    /// table.
     #[test]
-    fn reads_outside_the_lock_see_the_table_as_the_last_writer_left_it() {
+    fn replays_outside_the_lock_see_the_table_as_the_last_writer_left_it() {
         crate::readers::init();
         let c = cell(1024);
         let read = |id: u128, clock: u64| {
-            crate::readers::read(|| c.read_unlocked(&hash_id(1, id), || clock))
+            crate::readers::read(|| c.replay_unlocked(&hash_id(1, id), || clock))
                 .expect("a reader slot")
                 .1
         };
         let deadline = claim_complete(&c, 1, 5);
         assert!(matches!(claim(&c, 2), Outcome::Acquired { .. }));
         c.advance_time(&mut c.lock.write(), 5_400_000);
-        let (w, now) = read(1, 3_000_000).expect("completed, in place");
-        assert_eq!((w.phase(), w.deadline()), (Phase::Completed, deadline));
+        let (d, now) = read(1, 3_000_000).expect("completed, in place");
+        assert_eq!(d, deadline);
         assert_eq!(now, 5_000_000, "never behind the shard's time (5 ms)");
-        let (w, now) = read(1, 9_000_000).expect("completed");
-        assert_eq!((w.phase(), now), (Phase::Completed, 9_000_000));
-        assert_eq!(read(2, 0).expect("in flight").0.phase(), Phase::InFlight);
-        assert!(read(3, 0).is_none(), "absent");
+        assert_eq!(read(1, 9_000_000), Some((deadline, 9_000_000)));
+        let last = deadline * 1_000_000 - 1;
+        assert_eq!(
+            read(1, last),
+            Some((deadline, last)),
+            "the window's last ns"
+        );
+        assert_eq!(read(1, last + 1), None, "the window ended");
+        assert_eq!(read(2, 0), None, "in flight");
+        assert_eq!(read(3, 0), None, "absent");
         let w = c.lock.write();
-        assert!(read(1, 0).is_none(), "a writer holds the lock");
+        assert_eq!(read(1, 0), None, "a writer holds the lock");
         drop(w);
         claim_new(&c, 10..5_000);
         assert!(c.lock.read().rebuilds() > 0, "the table was rebuilt");
-        assert_eq!(read(1, 0).expect("moved").0.deadline(), deadline);
+        assert_eq!(read(1, 0).map(|r| r.0), Some(deadline), "moved");
+        c.advance_time(&mut c.lock.write(), deadline * 1_000_000);
+        assert_eq!(read(1, 0), None, "the shard's time is past the window");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::{Arc as StdArc, OnceLock};
 use std::task::Poll;
@@ -12,7 +13,7 @@ use crossbeam_utils::CachePadded;
 use crate::builder::{Builder, Weigher};
 use crate::clock::{deadline_ms, floor_ms, nanos_of, Clock};
 use crate::error::Error;
-use crate::key::{hash_fingerprint, hash_id, hash_key, hash_scoped_id, KeyHash};
+use crate::key::{hash_fingerprint, hash_key, hash_scoped_id, IdKeys, KeyHash};
 use crate::shard::{Lease, Outcome, Pool, ShardCell};
 use crate::state::{Phase, Word};
 use crate::stats::Stats;
@@ -58,6 +59,8 @@ pub(crate) struct Inner<V> {
     pub(crate) shards: Box<[CachePadded<ShardCell<V>>]>,
     pub(crate) shard_bits: u32,
     pub(crate) seed: u64,
+    /// The round keys of ids' hash ([`IdKeys::hash`]) under `seed`.
+    pub(crate) id_keys: IdKeys,
     pub(crate) ttl_nanos: u64,
     /// `ttl_nanos` in ms, rounded up.
     pub(crate) ttl_ms: u64,
@@ -78,7 +81,8 @@ pub(crate) struct Inner<V> {
     /// Replays made outside the shard locks, per reader slot (see `readers`): each counter is
     /// written only by the thread that holds its slot.
     #[cfg(not(idemstore_loom))]
-    pub(crate) unlocked_replays: Box<[CachePadded<std::sync::atomic::AtomicU64>]>,
+    pub(crate) unlocked_replays:
+        Box<[CachePadded<std::sync::atomic::AtomicU64>; crate::readers::SLOTS]>,
 }
 
 impl<V> Drop for Inner<V> {
@@ -502,7 +506,7 @@ impl<V> Store<V> {
     /// collide (keys hashed from bytes may, with odds of about n²/2¹²⁹).
     #[inline]
     pub fn claim_id(&self, id: u128) -> Result<Claim<'_, V>, Error> {
-        let h = hash_id(self.inner.seed, id);
+        let h = self.inner.id_keys.hash(id);
         self.claim_hashed(h, 0, self.inner.lease_nanos)
     }
 
@@ -517,7 +521,7 @@ impl<V> Store<V> {
         options: &ClaimOptions<'_>,
     ) -> Result<Claim<'_, V>, Error> {
         let h = if options.scope.is_empty() {
-            hash_id(self.inner.seed, id)
+            self.inner.id_keys.hash(id)
         } else {
             self.check_scope(options.scope)?;
             hash_scoped_id(self.inner.seed, options.scope, id)
@@ -573,8 +577,8 @@ impl<V> Store<V> {
         ids: &[u128],
         each: impl FnMut(usize, Result<Claim<'s, V>, Error>),
     ) {
-        let seed = self.inner.seed;
-        self.claim_pipelined(ids.len(), |i| Ok(hash_id(seed, ids[i])), each);
+        let keys = self.inner.id_keys;
+        self.claim_pipelined(ids.len(), |i| Ok(keys.hash(ids[i])), each);
     }
 
     /// Claims `n` keys, hashing each `AHEAD` places before claiming it and prefetching its
@@ -662,11 +666,17 @@ impl<V> Store<V> {
 
     #[inline(always)]
     fn claim_hashed(&self, h: KeyHash, fp: u64, lease_nanos: u64) -> Result<Claim<'_, V>, Error> {
+        let cell = self.inner.cell(&h);
+        // The read outside the lock starts the key's cache misses itself.
+        #[cfg(not(idemstore_loom))]
+        if let Some(replay) = self.replay_first(cell, &h, fp) {
+            return Ok(Claim::Completed(replay));
+        }
         // Start loading the key's tag group and slots before taking the lock: the lock's
         // atomic operation orders every later access after it, and would otherwise hold the
         // table's cache misses back until it is done.
-        self.inner.cell(&h).whereabouts.prefetch(&h);
-        self.claim_prefetched(h, fp, lease_nanos)
+        cell.whereabouts.prefetch(&h);
+        self.claim_locked(cell, h, fp, lease_nanos)
     }
 
     /// [`Store::claim_hashed`] for a key whose table memory is already on its way (a batch
@@ -678,20 +688,53 @@ impl<V> Store<V> {
         fp: u64,
         lease_nanos: u64,
     ) -> Result<Claim<'_, V>, Error> {
-        let inner = &*self.inner;
-        let shard = h.shard(inner.shard_bits);
-        let cell = &inner.shards[shard];
-        // A dedup-only claim without a fingerprint may replay without the lock (`readers`),
-        // tried first where this thread's claims have mostly been replays lately.
+        let cell = self.inner.cell(&h);
         #[cfg(not(idemstore_loom))]
-        let unlocked = !stores_values::<V>() && fp == 0;
-        #[cfg(not(idemstore_loom))]
-        if unlocked && crate::readers::replays_likely() {
-            if let Some(replay) = self.replay_unlocked(cell, &h) {
-                crate::readers::note_claim(true);
-                return Ok(Claim::Completed(replay));
-            }
+        if let Some(replay) = self.replay_first(cell, &h, fp) {
+            return Ok(Claim::Completed(replay));
         }
+        self.claim_locked(cell, h, fp, lease_nanos)
+    }
+
+    /// Whether a claim with fingerprint hash `fp` may replay without the lock (`readers`): a
+    /// dedup-only store, no fingerprint.
+    #[cfg(not(idemstore_loom))]
+    #[inline(always)]
+    fn may_replay_unlocked(fp: u64) -> bool {
+        !stores_values::<V>() && fp == 0
+    }
+
+    /// The replay of `h`, read outside the lock, where this thread's claims have mostly been
+    /// replays lately and the claim may replay so ([`Store::replay_unlocked`]).
+    #[cfg(not(idemstore_loom))]
+    #[inline(always)]
+    fn replay_first(&self, cell: &ShardCell<V>, h: &KeyHash, fp: u64) -> Option<Replay<'_, V>> {
+        if !(Self::may_replay_unlocked(fp) && crate::readers::replays_likely()) {
+            return None;
+        }
+        // The instance of the zero-sized `V` kept at the store's first completion: none means
+        // nothing ever completed here, and nothing replays.
+        let unit = self.inner.unit.get()?;
+        let (deadline, now_nanos) = self.replay_unlocked(cell, h)?;
+        crate::readers::note_claim(true);
+        Some(Replay {
+            value: Held::Unit(unit),
+            expires_at_ms: deadline.get(),
+            ttl_ms: self.inner.ttl_ms,
+            now_nanos,
+        })
+    }
+
+    /// A claim under the shard's write lock.
+    #[inline(always)]
+    fn claim_locked(
+        &self,
+        cell: &ShardCell<V>,
+        h: KeyHash,
+        fp: u64,
+        lease_nanos: u64,
+    ) -> Result<Claim<'_, V>, Error> {
+        let inner = &*self.inner;
         let mut locked = cell.write();
         // Read the clock under the lock, and never behind the shard's last reading: time seen
         // by the operations on one shard never goes backwards in the order they take effect,
@@ -706,7 +749,7 @@ impl<V> Store<V> {
         // Chores are rare (twice per rebuild): memory to make or free, never under the lock.
         cell.unlock(locked, &inner.pool);
         #[cfg(not(idemstore_loom))]
-        if unlocked {
+        if Self::may_replay_unlocked(fp) {
             crate::readers::note_claim(matches!(outcome, Outcome::Completed { .. }));
         }
         Ok(match outcome {
@@ -742,44 +785,39 @@ impl<V> Store<V> {
             }),
             Outcome::Mismatch { completed } => Claim::Mismatch(Mismatch { completed }),
             Outcome::Full { limit } => {
-                event!(shard, limit, "claim refused: the shard holds as many live keys as it may");
+                event!(
+                    shard = h.shard(inner.shard_bits),
+                    limit,
+                    "claim refused: the shard holds as many live keys as it may"
+                );
                 return Err(Error::CapacityExceeded { limit });
             }
         })
     }
 
-    /// The replay of `h` if its entry is completed and unexpired and sits in the first groups of
-    /// its probe path, found without taking the shard's lock (see `readers`); `None` if
-    /// anything else (the claim then runs under the lock). Only for dedup-only stores (nothing
-    /// to clone out of the table) and claims without a fingerprint. Takes effect when it reads the entry's word:
-    /// the time it checks the deadline against is read after the lock's version (so it is not
-    /// behind any locked operation before it on the shard) and after the word (so if anything
-    /// later than the moment the replay takes effect).
+    /// The deadline (ms) of `h`'s entry and the time of the replay (ns) if the entry is
+    /// completed and unexpired and sits in the first groups of its probe path, found without
+    /// taking the shard's lock (see `readers`), and counted in the store's statistics; `None`
+    /// if anything else (the claim then runs under the lock). Only for dedup-only stores
+    /// (nothing to clone out of the table) and claims without a fingerprint. Takes effect when
+    /// it reads the entry's word: the time it checks the deadline against is read after the
+    /// lock's version (so it is not behind any locked operation before it on the shard) and
+    /// after the word (so if anything later than the moment the replay takes effect). Out of
+    /// line: inlined into every claim, it made a replay longer, not shorter.
     #[cfg(not(idemstore_loom))]
     #[inline]
-    fn replay_unlocked(&self, cell: &ShardCell<V>, h: &KeyHash) -> Option<Replay<'_, V>> {
+    fn replay_unlocked(&self, cell: &ShardCell<V>, h: &KeyHash) -> Option<(NonZeroU64, u64)> {
         let inner = &*self.inner;
         let (slot, read) =
-            crate::readers::read(|| cell.read_unlocked(h, || inner.clock.now_nanos()))?;
-        let (word, now_nanos) = read?;
-        if word.phase() != Phase::Completed || floor_ms(now_nanos) >= word.deadline() {
-            return None;
-        }
-        // A completed entry of a zero-sized `V` implies the kept instance (set before the
-        // completion's lock was let go); `None` here cannot happen, and would only send the
-        // claim to the lock.
-        let unit = inner.unit.get()?;
-        let count = &inner.unlocked_replays[slot];
+            crate::readers::read(|| cell.replay_unlocked(h, || inner.clock.now_nanos()))?;
+        let (deadline, now_nanos) = read?;
+        let count = &inner.unlocked_replays[slot % crate::readers::SLOTS];
         count.store(
             count.load(std::sync::atomic::Ordering::Relaxed) + 1,
             std::sync::atomic::Ordering::Relaxed,
         );
-        Some(Replay {
-            value: Held::Unit(unit),
-            expires_at_ms: word.deadline(),
-            ttl_ms: inner.ttl_ms,
-            now_nanos,
-        })
+        // A window ends at least a ms after the time 0. Two words: returned in registers.
+        Some((NonZeroU64::new(deadline)?, now_nanos))
     }
 
     /// Entries held: in flight, completed, and released or expired entries whose memory is not
