@@ -92,9 +92,10 @@ impl Drop for Owned {
 
 thread_local! {
     /// This thread's slot as its reads use it: the slot's index, plus [`FENCED`] where reads
-    /// fence (the fences are not asymmetric); [`NO_SLOT`] until its first read, and while none
-    /// is free (its reads then go under the lock; it tries again after [`RETRY_AFTER`] of
-    /// them). One word, so that a read's whole preparation is one thread-local load.
+    /// fence (the fences are not asymmetric); [`NO_SLOT`] until its first read, while none is
+    /// free (its reads then go under the lock; it tries again after [`RETRY_AFTER`] of them)
+    /// and once the thread exits. One word, so that a read's whole preparation is one
+    /// thread-local load.
     static SLOT: Cell<usize> = const { Cell::new(NO_SLOT) };
     static OWNED: OwnedSlot = const { OwnedSlot(Cell::new(None), Cell::new(0)) };
 }
@@ -112,8 +113,9 @@ const LIKELY: u8 = 8;
 const MOST: u8 = 16;
 
 /// Whether this thread's recent claims were replays often enough that the next one should try
-/// the read outside the lock before the lock. The try costs a claim of a new key about 90
-/// instructions (a quarter more: 12% slower claims of new keys at 10 M keys in the bench), and
+/// the read outside the lock before the lock. The try cost a claim of a new key about 90
+/// instructions when it was measured (a quarter more: 12% slower claims of new keys at 10 M
+/// keys in the bench, twelfth session), and
 /// saves a replay the lock's compare-and-swap on a line the other cores write too; by those
 /// two costs it should pay when about a third of the claims or more are replays (an estimate:
 /// the break-even point was not measured). The score rises by 2 per replay and

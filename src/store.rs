@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::{Arc as StdArc, OnceLock};
 use std::task::Poll;
@@ -712,8 +711,9 @@ impl<V> Store<V> {
         if !(Self::may_replay_unlocked(fp) && crate::readers::replays_likely()) {
             return None;
         }
-        // The instance of the zero-sized `V` kept at the store's first completion: none means
-        // nothing ever completed here, and nothing replays.
+        // The instance of the zero-sized `V` kept at the store's first completion (set under
+        // its lock): none means no completion is visible to this thread yet, and the claim
+        // goes under the lock, which replays if there is a completed entry after all.
         let unit = self.inner.unit.get()?;
         let (deadline, now_nanos) = self.replay_unlocked(cell, h)?;
         crate::readers::note_claim(true);
@@ -805,19 +805,24 @@ impl<V> Store<V> {
     /// after the word (so if anything later than the moment the replay takes effect). Out of
     /// line: inlined into every claim, it made a replay longer, not shorter.
     #[cfg(not(idemstore_loom))]
-    #[inline]
-    fn replay_unlocked(&self, cell: &ShardCell<V>, h: &KeyHash) -> Option<(NonZeroU64, u64)> {
+    #[inline(never)]
+    fn replay_unlocked(
+        &self,
+        cell: &ShardCell<V>,
+        h: &KeyHash,
+    ) -> Option<(std::num::NonZeroU64, u64)> {
         let inner = &*self.inner;
         let (slot, read) =
             crate::readers::read(|| cell.replay_unlocked(h, || inner.clock.now_nanos()))?;
         let (deadline, now_nanos) = read?;
+        // The deadline is above the shard's time, so never 0. Two words: returned in registers.
+        let deadline = std::num::NonZeroU64::new(deadline)?;
         let count = &inner.unlocked_replays[slot % crate::readers::SLOTS];
         count.store(
             count.load(std::sync::atomic::Ordering::Relaxed) + 1,
             std::sync::atomic::Ordering::Relaxed,
         );
-        // A window ends at least a ms after the time 0. Two words: returned in registers.
-        Some((NonZeroU64::new(deadline)?, now_nanos))
+        Some((deadline, now_nanos))
     }
 
     /// Entries held: in flight, completed, and released or expired entries whose memory is not

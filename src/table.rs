@@ -46,7 +46,8 @@ fn match_byte(group: u64, byte: u8) -> u64 {
 }
 
 /// Asks the CPU to start loading the cache lines of a group of slots: 192 bytes, three whole
-/// lines, since the slots start on a 64-byte boundary (`Memory`). A hint only: it changes
+/// lines, since the slots start on a 64-byte boundary (`Memory`; not under loom, whose boxed
+/// slots may leave a group's last line unfetched, a lost hint). A hint only: it changes
 /// nothing and cannot fault.
 #[inline(always)]
 fn prefetch_group(slots: *const Slot) {
