@@ -95,10 +95,11 @@ impl<V> ShardCell<V> {
     /// shard's time), read without taking the lock, if the entry is completed and its window
     /// has not ended by that time, it sits in the first groups of its probe path
     /// ([`Place::word`]) and no writer held the lock meanwhile; `None` if not (the caller then
-    /// claims under the lock). Call inside `readers::read` (see there).
+    /// claims under the lock). Call inside `readers::read` (see there). `PREFETCH`: whether to
+    /// start loading the key's home slots (not if the caller did already).
     #[cfg(not(idemstore_loom))]
     #[inline(always)]
-    pub(crate) fn replay_unlocked(
+    pub(crate) fn replay_unlocked<const PREFETCH: bool>(
         &self,
         h: &KeyHash,
         clock: impl FnOnce() -> u64,
@@ -107,7 +108,9 @@ impl<V> ShardCell<V> {
         let version = self.lock.begin_read()?;
         let place = self.whereabouts.place();
         // The slots' misses overlap the tags'.
-        place.prefetch_slots(h);
+        if PREFETCH {
+            place.prefetch_slots(h);
+        }
         let time_ms = self.time_ms.load(std::sync::atomic::Ordering::Relaxed);
         if !self.lock.validate(version) {
             return None;
@@ -1168,7 +1171,7 @@ mod tests {
         crate::readers::init();
         let c = cell(1024);
         let read = |id: u128, clock: u64| {
-            crate::readers::read(|| c.replay_unlocked(&hash_id(1, id), || clock))
+            crate::readers::read(|| c.replay_unlocked::<true>(&hash_id(1, id), || clock))
                 .expect("a reader slot")
                 .1
         };

@@ -668,7 +668,7 @@ impl<V> Store<V> {
         let cell = self.inner.cell(&h);
         // The read outside the lock starts the key's cache misses itself.
         #[cfg(not(idemstore_loom))]
-        if let Some(replay) = self.replay_first(cell, &h, fp) {
+        if let Some(replay) = self.replay_first::<true>(cell, &h, fp) {
             return Ok(Claim::Completed(replay));
         }
         // Start loading the key's tag group and slots before taking the lock: the lock's
@@ -688,8 +688,9 @@ impl<V> Store<V> {
         lease_nanos: u64,
     ) -> Result<Claim<'_, V>, Error> {
         let cell = self.inner.cell(&h);
+        // Its slots are on their way already: the read does not fetch them again.
         #[cfg(not(idemstore_loom))]
-        if let Some(replay) = self.replay_first(cell, &h, fp) {
+        if let Some(replay) = self.replay_first::<false>(cell, &h, fp) {
             return Ok(Claim::Completed(replay));
         }
         self.claim_locked(cell, h, fp, lease_nanos)
@@ -704,10 +705,16 @@ impl<V> Store<V> {
     }
 
     /// The replay of `h`, read outside the lock, where this thread's claims have mostly been
-    /// replays lately and the claim may replay so ([`Store::replay_unlocked`]).
+    /// replays lately and the claim may replay so ([`Store::replay_unlocked`]; `PREFETCH`:
+    /// whether the read starts loading the key's slots, which a batch did already).
     #[cfg(not(idemstore_loom))]
     #[inline(always)]
-    fn replay_first(&self, cell: &ShardCell<V>, h: &KeyHash, fp: u64) -> Option<Replay<'_, V>> {
+    fn replay_first<const PREFETCH: bool>(
+        &self,
+        cell: &ShardCell<V>,
+        h: &KeyHash,
+        fp: u64,
+    ) -> Option<Replay<'_, V>> {
         if !(Self::may_replay_unlocked(fp) && crate::readers::replays_likely()) {
             return None;
         }
@@ -715,7 +722,7 @@ impl<V> Store<V> {
         // its lock): none means no completion is visible to this thread yet, and the claim
         // goes under the lock, which replays if there is a completed entry after all.
         let unit = self.inner.unit.get()?;
-        let (deadline, now_nanos) = self.replay_unlocked(cell, h)?;
+        let (deadline, now_nanos) = self.replay_unlocked::<PREFETCH>(cell, h)?;
         crate::readers::note_claim(true);
         Some(Replay {
             value: Held::Unit(unit),
@@ -806,14 +813,15 @@ impl<V> Store<V> {
     /// line: inlined into every claim, it made a replay longer, not shorter.
     #[cfg(not(idemstore_loom))]
     #[inline(never)]
-    fn replay_unlocked(
+    fn replay_unlocked<const PREFETCH: bool>(
         &self,
         cell: &ShardCell<V>,
         h: &KeyHash,
     ) -> Option<(std::num::NonZeroU64, u64)> {
         let inner = &*self.inner;
-        let (slot, read) =
-            crate::readers::read(|| cell.replay_unlocked(h, || inner.clock.now_nanos()))?;
+        let (slot, read) = crate::readers::read(|| {
+            cell.replay_unlocked::<PREFETCH>(h, || inner.clock.now_nanos())
+        })?;
         let (deadline, now_nanos) = read?;
         // The deadline is above the shard's time, so never 0. Two words: returned in registers.
         let deadline = std::num::NonZeroU64::new(deadline)?;
