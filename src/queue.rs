@@ -54,13 +54,23 @@ struct Chunk {
     high: u64,
 }
 
+impl Chunk {
+    /// No chunk: an empty tail.
+    const NONE: Chunk = Chunk {
+        len: 0,
+        first: 0,
+        low: 0,
+        high: 0,
+    };
+}
+
 /// The records of a shard's completed entries in about the order of their deadlines.
+///
+/// In this order (`repr(C)`; see `Shard`): what every claim reads first, apart from what
+/// completions write.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct TtlQueue {
-    records: VecDeque<u32>,
-    chunks: VecDeque<Chunk>,
-    /// The highest deadline queued so far.
-    highest: u64,
     /// The first chunk's `high` (`u64::MAX` if none), kept here so that the claim path's test
     /// reads no memory outside the shard.
     due_at: u64,
@@ -68,6 +78,15 @@ pub(crate) struct TtlQueue {
     slack: u64,
     /// The most ms of deadlines a chunk of fewer than [`MIN_CHUNK`] records spans.
     stretch: u64,
+    /// The highest deadline queued so far.
+    highest: u64,
+    /// The newest chunk, the one records join (none while `len` is 0), kept here rather than
+    /// at the back of `chunks`: a completion then writes one line of the heap, the records'
+    /// tail, not two.
+    tail: Chunk,
+    records: VecDeque<u32>,
+    /// The older chunks, oldest first: all of them come before `tail`.
+    chunks: VecDeque<Chunk>,
 }
 
 impl TtlQueue {
@@ -78,6 +97,7 @@ impl TtlQueue {
         Self {
             records: VecDeque::new(),
             chunks: VecDeque::new(),
+            tail: Chunk::NONE,
             highest: 0,
             due_at: u64::MAX,
             slack,
@@ -94,7 +114,16 @@ impl TtlQueue {
     /// Every record held, checking that the chunks account for them all.
     #[cfg(all(test, not(idemstore_loom)))]
     pub(crate) fn all_records(&self) -> Vec<u32> {
-        let in_chunks: usize = self.chunks.iter().map(|c| c.len as usize).sum();
+        let in_chunks: usize = self
+            .chunks
+            .iter()
+            .chain([&self.tail])
+            .map(|c| c.len as usize)
+            .sum();
+        assert!(
+            self.chunks.iter().all(|c| c.len > 0),
+            "no empty chunk but the tail"
+        );
         assert_eq!(in_chunks, self.records.len());
         self.records.iter().copied().collect()
     }
@@ -107,26 +136,29 @@ impl TtlQueue {
             return false;
         }
         self.highest = self.highest.max(deadline);
-        match self.chunks.back_mut() {
-            Some(tail)
-                if deadline
-                    <= tail.first
-                        + if tail.len < MIN_CHUNK {
-                            self.stretch
-                        } else {
-                            self.slack
-                        } =>
-            {
-                tail.len += 1;
-                tail.low = tail.low.min(deadline);
-                tail.high = tail.high.max(deadline);
+        let tail = &mut self.tail;
+        if tail.len > 0
+            && deadline
+                <= tail.first
+                    + if tail.len < MIN_CHUNK {
+                        self.stretch
+                    } else {
+                        self.slack
+                    }
+        {
+            tail.len += 1;
+            tail.low = tail.low.min(deadline);
+            tail.high = tail.high.max(deadline);
+        } else {
+            if tail.len > 0 {
+                self.chunks.push_back(*tail);
             }
-            _ => self.chunks.push_back(Chunk {
+            *tail = Chunk {
                 len: 1,
                 first: deadline,
                 low: deadline,
                 high: deadline,
-            }),
+            };
         }
         if self.records.len() == self.records.capacity() {
             // A quarter more, not double: the slack is memory every queued entry pays for.
@@ -134,7 +166,8 @@ impl TtlQueue {
                 .reserve_exact((self.records.capacity() / 4).max(16));
         }
         self.records.push_back(idx);
-        if self.chunks.len() == 1 {
+        if self.chunks.is_empty() {
+            // The tail is the first chunk.
             self.front_changed();
         }
         true
@@ -147,9 +180,17 @@ impl TtlQueue {
         self.due_at
     }
 
+    /// The first chunk, if any.
+    #[inline]
+    fn front(&self) -> Option<&Chunk> {
+        self.chunks
+            .front()
+            .or(Some(&self.tail).filter(|t| t.len > 0))
+    }
+
     /// Sets `due_at` after the first chunk changed.
     fn front_changed(&mut self) {
-        self.due_at = self.chunks.front().map_or(u64::MAX, |c| c.high);
+        self.due_at = self.front().map_or(u64::MAX, |c| c.high);
     }
 
     /// The next record, if every record of its chunk is due at `now`: each such record's
@@ -166,7 +207,7 @@ impl TtlQueue {
     /// that is not yet due in the wheel. Every record due at `now` comes out this way before
     /// `None`: chunks' `low`s only grow along the queue.
     pub(crate) fn pop_near(&mut self, now: u64) -> Option<u32> {
-        if self.chunks.front()?.low > now {
+        if self.front()?.low > now {
             return None;
         }
         self.take_front()
@@ -175,15 +216,21 @@ impl TtlQueue {
     /// Whether [`TtlQueue::pop_near`] at `now` would hand out a record.
     #[inline]
     pub(crate) fn is_near(&self, now: u64) -> bool {
-        self.chunks.front().is_some_and(|c| c.low <= now)
+        self.front().is_some_and(|c| c.low <= now)
     }
 
     fn take_front(&mut self) -> Option<u32> {
-        let front = self.chunks.front_mut()?;
+        let (front, in_deque) = match self.chunks.front_mut() {
+            Some(c) => (c, true),
+            None if self.tail.len > 0 => (&mut self.tail, false),
+            None => return None,
+        };
         let idx = self.records.pop_front()?;
         front.len -= 1;
         if front.len == 0 {
-            self.chunks.pop_front();
+            if in_deque {
+                self.chunks.pop_front();
+            }
             self.front_changed();
             if self.records.capacity() > 4 * self.records.len() + 64 {
                 // Draining (keys stopped coming): give most of the memory back, as the wheel's
@@ -205,6 +252,19 @@ impl TtlQueue {
     /// drops the records of entries the rebuild dropped (`u32::MAX`); chunks keep their order
     /// and bounds.
     pub(crate) fn remap(&mut self, moved: &[u32]) {
+        // The tail joins the others for the pass, and the last chunk left is the tail again.
+        if self.tail.len > 0 {
+            self.chunks
+                .push_back(std::mem::replace(&mut self.tail, Chunk::NONE));
+        }
+        self.remap_chunks(moved);
+        if let Some(last) = self.chunks.pop_back() {
+            self.tail = last;
+        }
+        self.front_changed();
+    }
+
+    fn remap_chunks(&mut self, moved: &[u32]) {
         // In place: a rebuild runs under the shard's lock, and a new deque as long as this one
         // would be memory to allocate (and for the kernel to fault in) while claims wait.
         let chunks = &mut self.chunks;
@@ -232,13 +292,13 @@ impl TtlQueue {
             last.len = kept;
         }
         chunks.retain(|c| c.len > 0);
-        self.front_changed();
     }
 
     /// Drops every record, for a rebuild that files them afresh in the wheel.
     pub(crate) fn clear(&mut self) {
         self.records = VecDeque::new();
         self.chunks = VecDeque::new();
+        self.tail = Chunk::NONE;
         self.highest = 0;
         self.front_changed();
     }
@@ -402,6 +462,36 @@ mod tests {
         assert!(q.push(0, 4_000));
         q.remap(&[u32::MAX]);
         assert_eq!((q.len(), q.due_at()), (0, u64::MAX));
+    }
+
+    /// The newest chunk lives outside the deque of older ones (`tail`): records join it,
+    /// it is the first chunk while it is the only one, and a remap that empties it makes the
+    /// last chunk left the one records join.
+    #[test]
+    fn the_newest_chunk_takes_records_wherever_it_lives() {
+        let mut q = TtlQueue::new(WINDOW);
+        assert!(q.push(0, 1_000));
+        assert_eq!(q.due_at(), 1_000, "the only chunk is the first");
+        assert!(q.push(1, 1_200));
+        assert_eq!(q.due_at(), 1_200, "joining it moves the first chunk's end");
+        assert_eq!(drain(&mut q, 1_200), [0, 1]);
+        assert_eq!(q.due_at(), u64::MAX);
+        assert!(q.push(2, 1_300), "an emptied queue starts a new chunk");
+        assert_eq!(q.due_at(), 1_300);
+        // A second chunk (past the 512 ms stretch of the first), then a remap that drops it
+        // whole: the first is the newest again, and takes a record within its stretch.
+        assert!(q.push(3, 1_813));
+        assert_eq!(q.due_at(), 1_300);
+        q.remap(&[u32::MAX, u32::MAX, 12, u32::MAX]);
+        assert_eq!(q.all_records(), [12]);
+        assert!(
+            q.push(4, 1_800),
+            "within the slack of the highest deadline, 1 813"
+        );
+        assert_eq!(q.all_records(), [12, 4]);
+        assert_eq!(q.due_at(), 1_800, "one chunk, 1 300 to 1 800");
+        assert_eq!(drain(&mut q, 1_799), []);
+        assert_eq!(drain(&mut q, 1_800), [12, 4]);
     }
 
     #[test]

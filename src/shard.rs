@@ -151,8 +151,9 @@ impl<V> ShardCell<V> {
     }
 }
 
-/// Counters changed only under the write lock.
+/// Counters changed only under the write lock; the two of every claim and completion first.
 #[derive(Debug, Default, Clone, Copy)]
+#[repr(C)]
 pub(crate) struct Counts {
     pub(crate) acquired: u64,
     pub(crate) completions: u64,
@@ -166,14 +167,30 @@ pub(crate) struct Counts {
 }
 
 /// The locked part of a shard.
+///
+/// In this order (`repr(C)`), behind the lock's word, so that a claim of a new key and its
+/// completion write few of the shard's lines: the lock's (with the wheel's first staged
+/// records), the first staged times', one with the wheel's counts and the claim's and the
+/// completion's counts, one with the token, the clock and the table's entry count, and the ttl
+/// queue's (its newest chunk inline). The fields they only read (the table's addresses and
+/// size, the bound, the ttl) sit in lines those operations do not write. With two threads
+/// claiming keys of random shards, the other core wrote most of a shard's lines last, and
+/// each is a transfer between the cores while the lock is held (see "Where the rest of the
+/// speed is" in the README); in Rust's own order those fields lay in about twice as many lines.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Shard<V> {
-    pub(crate) table: Table<V>,
+    /// First, so that its first staged records share the lock's line and its counts come last,
+    /// beside [`Shard::counts`].
     pub(crate) wheel: Wheel,
-    /// The records of completed entries far from their deadlines (see [`QUEUE_AFTER`]).
-    pub(crate) queue: TtlQueue,
+    pub(crate) counts: Counts,
     /// The next fencing token: strictly increasing per shard, hence per key, across lives.
     next_token: u64,
+    /// The latest clock reading (ns) any write-locked operation on this shard has used.
+    last_nanos: u64,
+    pub(crate) table: Table<V>,
+    /// The records of completed entries far from their deadlines (see [`QUEUE_AFTER`]).
+    pub(crate) queue: TtlQueue,
     /// The most entries this shard may hold.
     pub(crate) bound: usize,
     /// The store's ttl in ms (rounded up): the soonest an in-flight entry's deadline can
@@ -185,9 +202,6 @@ pub(crate) struct Shard<V> {
     /// key counts: rebuilds, which hold a shard's lock while they move its entries, then come
     /// one shard at a time instead of in a wave across all shards.
     target_load: usize,
-    /// The latest clock reading (ns) any write-locked operation on this shard has used.
-    last_nanos: u64,
-    pub(crate) counts: Counts,
     /// Rebuilds so far: tells a spare made for an earlier table from one for this table.
     rebuilds: u64,
     /// A table made outside the lock for the next rebuild (see [`Chores`]).

@@ -503,27 +503,29 @@ pub(crate) enum Probe {
     Absent(usize),
 }
 
-/// The table of one shard.
+/// The table of one shard. In this order (`repr(C)`; see `Shard`): the entry count, which
+/// every new key writes, and what every probe reads first.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Table<V> {
-    mem: Memory,
-    /// Whether this table's memory (and its successors') asks for huge pages.
-    huge: bool,
-    /// Empty for zero-sized `V`: dedup-only stores pay nothing for values.
-    values: Box<[Option<Arc<V>>]>,
-    /// Payload fingerprints (0 = none); allocated on the shard's first fingerprinted claim.
-    fingerprints: Option<Box<[u64]>>,
-    groups: usize,
-    /// Per group, how many entries sit beyond it on probe paths that ran through it while it
-    /// was full (saturating at [`OVERFLOW_STUCK`]). A probe ends at a group whose count is 0.
-    overflow: Overflow,
     occupied: usize,
-    /// Entries at which the next insert would take the load past 0.9.
-    rebuild_at: usize,
     /// Entries at which an insert must look at the table's size: before
     /// `rebuild_at` by [`spare_margin`] while the shard may still order a spare table for its
     /// next rebuild, at `rebuild_at` once it has (or if the table is too small to bother).
     check_at: usize,
+    groups: usize,
+    mem: Memory,
+    /// Per group, how many entries sit beyond it on probe paths that ran through it while it
+    /// was full (saturating at [`OVERFLOW_STUCK`]). A probe ends at a group whose count is 0.
+    overflow: Overflow,
+    /// Payload fingerprints (0 = none); allocated on the shard's first fingerprinted claim.
+    fingerprints: Option<Box<[u64]>>,
+    /// Empty for zero-sized `V`: dedup-only stores pay nothing for values.
+    values: Box<[Option<Arc<V>>]>,
+    /// Entries at which the next insert would take the load past 0.9.
+    rebuild_at: usize,
+    /// Whether this table's memory (and its successors') asks for huge pages.
+    huge: bool,
 }
 
 /// A table's overflow counts, one byte per group, in an allocation held through a raw pointer

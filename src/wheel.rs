@@ -27,26 +27,30 @@ const SLOTS: usize = 1 << SLOT_BITS;
 const MAX_SPAN: u64 = 1 << (SLOT_BITS * LEVELS as u32);
 
 /// A lock-free-of-its-own timing wheel; every method takes `&mut self` under the shard lock.
+///
+/// In this order (`repr(C)`; see `Shard`): the staged records first, the fields every claim
+/// reads or writes last.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Wheel {
-    /// The tick (ms) up to which slots have been taken.
-    elapsed: u64,
-    /// The earliest tick at which a slot or a staged record may come due (a lower bound;
-    /// `u64::MAX` if none).
-    next_at: u64,
+    /// New records, filed into their slots in batches. Filing one means following three
+    /// pointers (level, slot vector, its tail) that the table's random traffic keeps pushing out
+    /// of cache and out of the TLB; a claim only appends here, to memory inside the shard.
+    staged_idx: [u32; STAGE],
+    staged_when: [u64; STAGE],
     levels: Box<[Level]>,
     /// Records whose time has come, waiting for the shard to check them, handed out in the
     /// order they were filed: for a slot's records that is about the order of their
     /// deadlines, which the shard's ttl queue (see `queue`) relies on to take them in.
     due: Vec<u32>,
+    /// The tick (ms) up to which slots have been taken.
+    elapsed: u64,
     /// How many records of `due` were handed out.
     due_next: usize,
+    /// The earliest tick at which a slot or a staged record may come due (a lower bound;
+    /// `u64::MAX` if none).
+    next_at: u64,
     records: usize,
-    /// New records, filed into their slots in batches. Filing one means following three
-    /// pointers (level, slot vector, its tail) that the table's random traffic keeps pushing out
-    /// of cache and out of the TLB; a claim only appends here, to memory inside the shard.
-    staged_when: [u64; STAGE],
-    staged_idx: [u32; STAGE],
     staged: usize,
 }
 
