@@ -41,17 +41,19 @@ pub(crate) const MIN_SLACK: u64 = 64;
 /// completions) up to the queue's `stretch`.
 const MIN_CHUNK: u32 = 64;
 
-/// A run of consecutive records of the queue.
+/// A run of consecutive records of the queue. In this order (`repr(C)`; see `TtlQueue`): what
+/// a record that joins it changes first.
 #[derive(Debug, Clone, Copy)]
+#[repr(C)]
 struct Chunk {
     /// Records left in the chunk.
     len: u32,
-    /// The deadline of its first record: later records within the slack of it join it.
-    first: u64,
-    /// No record of the chunk is due before this.
-    low: u64,
     /// Every record of the chunk is due at this.
     high: u64,
+    /// No record of the chunk is due before this.
+    low: u64,
+    /// The deadline of its first record: later records within the slack of it join it.
+    first: u64,
 }
 
 impl Chunk {
@@ -66,8 +68,9 @@ impl Chunk {
 
 /// The records of a shard's completed entries in about the order of their deadlines.
 ///
-/// In this order (`repr(C)`; see `Shard`): what every claim reads first, apart from what
-/// completions write.
+/// In this order (`repr(C)`; see `Shard`): what every claim reads, then what a completion
+/// writes (the highest deadline, the records' count, the newest chunk's count and end), in a
+/// line of their own but for the newest chunk's start and low end, which rarely change.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct TtlQueue {
@@ -80,11 +83,11 @@ pub(crate) struct TtlQueue {
     stretch: u64,
     /// The highest deadline queued so far.
     highest: u64,
+    records: VecDeque<u32>,
     /// The newest chunk, the one records join (none while `len` is 0), kept here rather than
     /// at the back of `chunks`: a completion then writes one line of the heap, the records'
     /// tail, not two.
     tail: Chunk,
-    records: VecDeque<u32>,
     /// The older chunks, oldest first: all of them come before `tail`.
     chunks: VecDeque<Chunk>,
 }
@@ -147,7 +150,10 @@ impl TtlQueue {
                     }
         {
             tail.len += 1;
-            tail.low = tail.low.min(deadline);
+            // Mostly later than every deadline before it: a store only where it changes.
+            if deadline < tail.low {
+                tail.low = deadline;
+            }
             tail.high = tail.high.max(deadline);
         } else {
             if tail.len > 0 {
