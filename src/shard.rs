@@ -173,10 +173,11 @@ pub(crate) struct Counts {
 /// records), the first staged times', one with the wheel's counts and the claim's and the
 /// completion's counts, one with the token, the clock and the table's entry count, and the ttl
 /// queue's (its newest chunk inline). The fields they only read (the table's addresses and
-/// size, the bound, the ttl) sit in lines those operations do not write. With two threads
-/// claiming keys of random shards, the other core wrote most of a shard's lines last, and
-/// each is a transfer between the cores while the lock is held (see "Where the rest of the
-/// speed is" in the README); in Rust's own order those fields lay in about twice as many lines.
+/// size, the queue's due time, the bound, the ttl) sit in lines those operations do not write.
+/// With two threads claiming keys of random shards, the other core wrote most of a shard's
+/// lines last, and each is a transfer between the cores while the lock is held (see "Where the
+/// rest of the speed is" in the README); in Rust's own order those fields lay in about seven
+/// lines of the shard, and the queue's newest chunk in a line of the heap.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Shard<V> {
