@@ -219,6 +219,16 @@ pub use store::{
     Claim, ClaimOptions, Guard, InProgress, Mismatch, Replay, Store, MAX_SCOPE_LEN, MAX_SPAN,
 };
 
+/// Test support, not part of the API: if called before the process builds its first store,
+/// replays that read the table outside the shard lock fence on both sides of their handshake
+/// with rebuilds, as on a kernel without `membarrier(2)`; returns whether they do. Both ways
+/// are correct; `tests/fenced_reads.rs` uses this to cover the fenced way on any machine.
+#[cfg(not(idemstore_loom))]
+#[doc(hidden)]
+pub fn __fenced_reads_for_tests() -> bool {
+    readers::force_fenced()
+}
+
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

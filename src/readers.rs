@@ -210,6 +210,14 @@ pub(crate) fn init() {
     });
 }
 
+/// Makes every read fence on both sides (as where `membarrier` is missing) if [`init`] has not
+/// decided yet; whether reads now fence so. Both ways are correct: this only lets tests take
+/// the fenced path on machines that would not.
+pub(crate) fn force_fenced() -> bool {
+    let _ = ASYMMETRIC.compare_exchange(0, 2, Ordering::AcqRel, Ordering::Acquire);
+    ASYMMETRIC.load(Ordering::Acquire) == 2
+}
+
 /// The reader's side of the handshake, for a thread whose [`SLOT`] is `slot`.
 #[inline(always)]
 fn light_fence(slot: usize) {
