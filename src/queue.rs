@@ -69,8 +69,10 @@ impl Chunk {
 /// The records of a shard's completed entries in about the order of their deadlines.
 ///
 /// In this order (`repr(C)`; see `Shard`): what every claim reads, then what a completion
-/// writes (the highest deadline, the records' count, the newest chunk's count and end), in a
-/// line of their own but for the newest chunk's start and low end, which rarely change.
+/// writes (the highest deadline, the records' count, the newest chunk's count and ends), in a
+/// line of their own but for the newest chunk's start, which changes once per chunk. (While
+/// all of a shard's records fit one chunk, in the first slack of its life, completions move
+/// `due_at` too.)
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct TtlQueue {
@@ -90,6 +92,16 @@ pub(crate) struct TtlQueue {
     tail: Chunk,
     /// The older chunks, oldest first: all of them come before `tail`.
     chunks: VecDeque<Chunk>,
+}
+
+/// Chunk `k` of a queue whose older chunks are `chunks` and newest `tail` (`k ==
+/// chunks.len()`), for a pass over all of them in order.
+fn nth<'a>(chunks: &'a mut VecDeque<Chunk>, tail: &'a mut Chunk, k: usize) -> &'a mut Chunk {
+    if k < chunks.len() {
+        &mut chunks[k]
+    } else {
+        tail
+    }
 }
 
 impl TtlQueue {
@@ -127,6 +139,11 @@ impl TtlQueue {
             self.chunks.iter().all(|c| c.len > 0),
             "no empty chunk but the tail"
         );
+        assert!(
+            self.tail.len > 0 || self.chunks.is_empty(),
+            "the newest chunk is the tail"
+        );
+        assert_eq!(self.due_at, self.front().map_or(u64::MAX, |c| c.high));
         assert_eq!(in_chunks, self.records.len());
         self.records.iter().copied().collect()
     }
@@ -258,31 +275,24 @@ impl TtlQueue {
     /// drops the records of entries the rebuild dropped (`u32::MAX`); chunks keep their order
     /// and bounds.
     pub(crate) fn remap(&mut self, moved: &[u32]) {
-        // The tail joins the others for the pass, and the last chunk left is the tail again.
-        if self.tail.len > 0 {
-            self.chunks
-                .push_back(std::mem::replace(&mut self.tail, Chunk::NONE));
-        }
-        self.remap_chunks(moved);
-        if let Some(last) = self.chunks.pop_back() {
-            self.tail = last;
-        }
-        self.front_changed();
-    }
-
-    fn remap_chunks(&mut self, moved: &[u32]) {
         // In place: a rebuild runs under the shard's lock, and a new deque as long as this one
-        // would be memory to allocate (and for the kernel to fault in) while claims wait.
-        let chunks = &mut self.chunks;
+        // would be memory to allocate (and for the kernel to fault in) while claims wait. The
+        // newest chunk counts as the last of `chunks` for the pass.
+        let (chunks, tail) = (&mut self.chunks, &mut self.tail);
+        let total = chunks.len() + usize::from(tail.len > 0);
         let (mut chunk, mut kept) = (0, 0);
-        let mut left = chunks.front().map_or(0, |c| c.len);
+        let mut left = if total > 0 {
+            nth(chunks, tail, 0).len
+        } else {
+            0
+        };
         self.records.retain_mut(|r| {
             // Every record lies in a chunk, and no chunk is empty.
             while left == 0 {
-                chunks[chunk].len = kept;
+                nth(chunks, tail, chunk).len = kept;
                 chunk += 1;
                 kept = 0;
-                left = chunks[chunk].len;
+                left = nth(chunks, tail, chunk).len;
             }
             left -= 1;
             match moved.get(*r as usize) {
@@ -294,10 +304,17 @@ impl TtlQueue {
                 _ => false,
             }
         });
-        if let Some(last) = chunks.get_mut(chunk) {
-            last.len = kept;
+        if chunk < total {
+            nth(chunks, tail, chunk).len = kept;
         }
         chunks.retain(|c| c.len > 0);
+        if tail.len == 0 {
+            // The last chunk left, if any, is the one records join now.
+            if let Some(last) = chunks.pop_back() {
+                *tail = last;
+            }
+        }
+        self.front_changed();
     }
 
     /// Drops every record, for a rebuild that files them afresh in the wheel.

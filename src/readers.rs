@@ -206,7 +206,13 @@ pub(crate) fn init() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let on = membarrier::register();
-        ASYMMETRIC.store(if on { 1 } else { 2 }, Ordering::Release);
+        // Unless `force_fenced` decided first (then fences it is: registering is harmless).
+        let _ = ASYMMETRIC.compare_exchange(
+            0,
+            if on { 1 } else { 2 },
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     });
 }
 

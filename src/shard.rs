@@ -31,10 +31,15 @@ const QUEUE_AFTER: u64 = 1 << 12;
 pub(crate) const CLAIM_EXPIRY_BUDGET: usize = 8;
 
 /// A shard as it sits in the store: the locked part, and the counters guards bump under the
-/// read lock (releases).
+/// read lock (releases). `repr(C)`: the lock (its word, then [`Shard`], whose order counts on
+/// the word's line) comes first.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct ShardCell<V> {
     pub(crate) lock: RwLock<Shard<V>>,
+    /// Where the table lives, for claims to start their misses before they take the lock.
+    /// Next to the lock, in a line no claim writes.
+    pub(crate) whereabouts: Whereabouts,
     pub(crate) releases: AtomicU64,
     /// Entries in the Vacant phase (released, not yet reclaimed).
     pub(crate) vacant: AtomicUsize,
@@ -47,8 +52,6 @@ pub(crate) struct ShardCell<V> {
     /// than in [`Shard`], whose hot fields keep their places (a `bool` there, growing `Shard` by
     /// 8 bytes, made claim + complete at 10 M keys 6% slower in three alternating runs).
     pub(crate) lapsed: AtomicBool,
-    /// Where the table lives, for claims to start their misses before they take the lock.
-    pub(crate) whereabouts: Whereabouts,
     /// Duplicates waiting for an in-flight key of this shard listen here; owners notify it
     /// when they complete or release a key (on a manual clock, the clock's event is used).
     pub(crate) wake: Event,
@@ -173,7 +176,8 @@ pub(crate) struct Counts {
 /// records), the first staged times', one with the wheel's counts and the claim's and the
 /// completion's counts, one with the token, the clock and the table's entry count, and the ttl
 /// queue's (its newest chunk inline). The fields they only read (the table's addresses and
-/// size, the queue's due time, the bound, the ttl) sit in lines those operations do not write.
+/// size, the queue's due time, the bound, the ttl) sit in lines those operations do not write
+/// (but for the queue's due time while all its records fit one chunk: see `TtlQueue`).
 /// With two threads claiming keys of random shards, the other core wrote most of a shard's
 /// lines last, and each is a transfer between the cores while the lock is held (see "Where the
 /// rest of the speed is" in the README); in Rust's own order those fields lay in about seven

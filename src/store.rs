@@ -868,6 +868,14 @@ impl<V> Store<V> {
     pub fn stats(&self) -> Stats {
         self.inner.stats()
     }
+
+    /// Test support, not part of the API: how many of [`Stats::replayed`] read their entry
+    /// outside the shard lock (see the crate docs' design notes).
+    #[cfg(not(idemstore_loom))]
+    #[doc(hidden)]
+    pub fn __replays_outside_the_lock(&self) -> u64 {
+        self.inner.unlocked_replays()
+    }
 }
 
 /// A waiter's place in its shard's `waiting` count, for as long as it waits (also when its
@@ -960,11 +968,7 @@ impl<V> Inner<V> {
         #[cfg(not(idemstore_loom))]
         {
             s.memory_bytes += std::mem::size_of_val(&*self.unlocked_replays);
-            s.replayed += self
-                .unlocked_replays
-                .iter()
-                .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
-                .sum::<u64>();
+            s.replayed += self.unlocked_replays();
         }
         for cell in self.shards.iter() {
             let shard = cell.lock.read();
@@ -992,6 +996,15 @@ impl<V> Inner<V> {
             s.releases += cell.releases.load(Ordering::Relaxed);
         }
         s
+    }
+
+    /// Replays that found their entry outside the shard lock (see `readers`), so far.
+    #[cfg(not(idemstore_loom))]
+    fn unlocked_replays(&self) -> u64 {
+        self.unlocked_replays
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
     }
 
     pub(crate) fn run_maintenance(&self) -> usize {

@@ -22,11 +22,7 @@ use idemstore::{Claim, Clock, Error, Store, MAX_SPAN};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-fn threads() -> usize {
-    thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2)
-}
+use unlocked::threads;
 
 // ---------------------------------------------------------------------------------------------
 // One million claims, one thousand keys

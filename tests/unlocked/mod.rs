@@ -11,7 +11,8 @@ use idemstore::{Claim, Clock, Store, MAX_SPAN};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-fn threads() -> usize {
+/// One thread per core, at least two.
+pub fn threads() -> usize {
     thread::available_parallelism()
         .map_or(2, |n| n.get())
         .max(2)
@@ -154,8 +155,14 @@ pub fn replays_outside_the_lock_see_only_completed_unexpired_keys() {
     assert!(s.ttl_expiries > 0, "windows ended: {s:?}");
     assert!(replays.load(Ordering::Relaxed) > 1_000, "{s:?}");
     assert!(s.replayed >= replays.load(Ordering::Relaxed));
+    let outside = store.__replays_outside_the_lock();
+    assert!(
+        outside > 100,
+        "the replays this tests read outside the lock: {outside} of {}",
+        s.replayed
+    );
     eprintln!(
-        "replays outside the lock: {} checked; {s:?}",
+        "replays outside the lock: {} checked, {outside} read outside it; {s:?}",
         replays.load(Ordering::Relaxed)
     );
 }
