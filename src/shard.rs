@@ -173,15 +173,16 @@ pub(crate) struct Counts {
 ///
 /// In this order (`repr(C)`), behind the lock's word, so that a claim of a new key and its
 /// completion write few of the shard's lines: the lock's (with the wheel's first staged
-/// records), the first staged times', one with the wheel's counts and the claim's and the
-/// completion's counts, one with the token, the clock and the table's entry count, and the ttl
-/// queue's (its newest chunk inline). The fields they only read (the table's addresses and
+/// records and their times), one with the wheel's counts and the claim's and the completion's
+/// counts, one with the token, the clock and the table's entry count, and the ttl queue's (its
+/// newest chunk inline). The fields they only read (the table's addresses and
 /// size, the queue's due time, the bound, the ttl) sit in lines those operations do not write
 /// (but for the queue's due time while all its records fit one chunk: see `TtlQueue`).
 /// With two threads claiming keys of random shards, the other core wrote most of a shard's
 /// lines last, and each is a transfer between the cores while the lock is held (see "Where the
-/// rest of the speed is" in the README); in Rust's own order those fields lay in about seven
-/// lines of the shard, and the queue's newest chunk in a line of the heap.
+/// rest of the speed is" in the README); in Rust's own order (and with the stage's times and
+/// indexes in two arrays) those fields lay in about seven lines of the shard, and the queue's
+/// newest chunk in a line of the heap.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Shard<V> {

@@ -26,6 +26,14 @@ const SLOTS: usize = 1 << SLOT_BITS;
 /// Records further out than this are filed in the top level's ring and filed again when due.
 const MAX_SPAN: u64 = 1 << (SLOT_BITS * LEVELS as u32);
 
+/// A record waiting in the stage, with its time: one line holds four, so a claim and its
+/// completion touch one line of the stage, not one of times and one of indexes.
+#[derive(Clone, Copy, Debug)]
+struct StagedRecord {
+    when: u64,
+    idx: u32,
+}
+
 /// A lock-free-of-its-own timing wheel; every method takes `&mut self` under the shard lock.
 ///
 /// In this order (`repr(C)`; see `Shard`): the staged records first, the fields every claim
@@ -36,8 +44,7 @@ pub(crate) struct Wheel {
     /// New records, filed into their slots in batches. Filing one means following three
     /// pointers (level, slot vector, its tail) that the table's random traffic keeps pushing out
     /// of cache and out of the TLB; a claim only appends here, to memory inside the shard.
-    staged_idx: [u32; STAGE],
-    staged_when: [u64; STAGE],
+    stage: [StagedRecord; STAGE],
     levels: Box<[Level]>,
     /// Records whose time has come, waiting for the shard to check them, handed out in the
     /// order they were filed: for a slot's records that is about the order of their
@@ -83,8 +90,7 @@ impl Wheel {
             due: Vec::new(),
             due_next: 0,
             records: 0,
-            staged_when: [0; STAGE],
-            staged_idx: [0; STAGE],
+            stage: [StagedRecord { when: 0, idx: 0 }; STAGE],
             staged: 0,
         }
     }
@@ -104,7 +110,7 @@ impl Wheel {
             .flat_map(|l| l.slots.iter().flatten().copied())
             .collect();
         all.extend_from_slice(&self.due[self.due_next..]);
-        all.extend_from_slice(&self.staged_idx[..self.staged]);
+        all.extend(self.stage[..self.staged].iter().map(|r| r.idx));
         assert_eq!(all.len(), self.records);
         all
     }
@@ -113,7 +119,7 @@ impl Wheel {
     #[cfg(all(test, not(idemstore_loom)))]
     pub(crate) fn staged_records(&self) -> Vec<(u32, u64)> {
         (0..self.staged)
-            .map(|k| (self.staged_idx[k], self.staged_when[k]))
+            .map(|k| (self.stage[k].idx, self.stage[k].when))
             .collect()
     }
 
@@ -124,8 +130,7 @@ impl Wheel {
         if self.staged == STAGE {
             self.file_staged();
         }
-        self.staged_when[self.staged] = when;
-        self.staged_idx[self.staged] = idx;
+        self.stage[self.staged] = StagedRecord { when, idx };
         self.staged += 1;
         // A record is never due before its own time, which is at or after its slot's start.
         self.next_at = self.next_at.min(when);
@@ -135,16 +140,16 @@ impl Wheel {
     /// slot), searching from the newest; `None` if it is not staged.
     #[inline]
     pub(crate) fn staged(&self, idx: u32) -> Option<Staged> {
-        self.staged_idx[..self.staged]
+        self.stage[..self.staged]
             .iter()
-            .rposition(|&r| r == idx)
+            .rposition(|r| r.idx == idx)
             .map(Staged)
     }
 
     /// Moves the staged record at `at` to come due at tick `when` instead.
     #[inline]
     pub(crate) fn restage(&mut self, at: Staged, when: u64) {
-        self.staged_when[at.0] = when;
+        self.stage[at.0].when = when;
         self.next_at = self.next_at.min(when);
     }
 
@@ -155,8 +160,7 @@ impl Wheel {
         let n = self.staged;
         if at.0 + 1 < n {
             // Not the newest (it mostly is: a claim completed at once).
-            self.staged_idx.copy_within(at.0 + 1..n, at.0);
-            self.staged_when.copy_within(at.0 + 1..n, at.0);
+            self.stage.copy_within(at.0 + 1..n, at.0);
         }
         self.staged = n - 1;
         self.records -= 1;
@@ -164,9 +168,9 @@ impl Wheel {
 
     /// When the first staged record is due (`u64::MAX` if none is staged).
     fn staged_low(&self) -> u64 {
-        self.staged_when[..self.staged]
+        self.stage[..self.staged]
             .iter()
-            .copied()
+            .map(|r| r.when)
             .min()
             .unwrap_or(u64::MAX)
     }
@@ -179,13 +183,14 @@ impl Wheel {
         let n = std::mem::take(&mut self.staged);
         let mut k = 0;
         while k < n {
-            let first = self.staged_when[k];
+            let first = self.stage[k].when;
             let place = self.place(first);
             let mut end = k + 1;
-            while end < n && self.shares_place(first, place, self.staged_when[end]) {
+            while end < n && self.shares_place(first, place, self.stage[end].when) {
                 end += 1;
             }
-            let run = &self.staged_idx[k..end];
+            let run = self.stage[k..end].iter().map(|r| r.idx);
+            let len = end - k;
             match place {
                 None => {
                     if self.due_next == self.due.len() {
@@ -193,18 +198,18 @@ impl Wheel {
                         self.due.clear();
                         self.due_next = 0;
                     }
-                    self.due.extend_from_slice(run);
+                    self.due.extend(run);
                 }
                 Some((level, slot)) => {
                     let lvl = &mut self.levels[level];
                     let records = &mut lvl.slots[slot];
-                    if records.capacity() - records.len() < run.len() {
+                    if records.capacity() - records.len() < len {
                         // Grow by a quarter, not double: a slot can hold millions of records,
                         // and the slack is memory every live entry pays for. (Large
                         // reallocations are remapped, not copied, by the system allocator.)
-                        records.reserve_exact((records.capacity() / 4).max(run.len()).max(16));
+                        records.reserve_exact((records.capacity() / 4).max(len).max(16));
                     }
-                    records.extend_from_slice(run);
+                    records.extend(run);
                     lvl.occupied |= 1 << slot;
                 }
             }
@@ -342,10 +347,9 @@ impl Wheel {
         self.due.retain_mut(follow);
         let mut kept = 0;
         for k in 0..self.staged {
-            let mut idx = self.staged_idx[k];
-            if follow(&mut idx) {
-                self.staged_when[kept] = self.staged_when[k];
-                self.staged_idx[kept] = idx;
+            let mut r = self.stage[k];
+            if follow(&mut r.idx) {
+                self.stage[kept] = r;
                 kept += 1;
             }
         }
