@@ -281,11 +281,8 @@ impl TtlQueue {
         let (chunks, tail) = (&mut self.chunks, &mut self.tail);
         let total = chunks.len() + usize::from(tail.len > 0);
         let (mut chunk, mut kept) = (0, 0);
-        let mut left = if total > 0 {
-            nth(chunks, tail, 0).len
-        } else {
-            0
-        };
+        // With no chunk at all this is the empty tail's 0.
+        let mut left = nth(chunks, tail, 0).len;
         self.records.retain_mut(|r| {
             // Every record lies in a chunk, and no chunk is empty.
             while left == 0 {
