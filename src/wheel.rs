@@ -190,7 +190,6 @@ impl Wheel {
                 end += 1;
             }
             let run = self.stage[k..end].iter().map(|r| r.idx);
-            let len = end - k;
             match place {
                 None => {
                     if self.due_next == self.due.len() {
@@ -203,11 +202,11 @@ impl Wheel {
                 Some((level, slot)) => {
                     let lvl = &mut self.levels[level];
                     let records = &mut lvl.slots[slot];
-                    if records.capacity() - records.len() < len {
+                    if records.capacity() - records.len() < run.len() {
                         // Grow by a quarter, not double: a slot can hold millions of records,
                         // and the slack is memory every live entry pays for. (Large
                         // reallocations are remapped, not copied, by the system allocator.)
-                        records.reserve_exact((records.capacity() / 4).max(len).max(16));
+                        records.reserve_exact((records.capacity() / 4).max(run.len()).max(16));
                     }
                     records.extend(run);
                     lvl.occupied |= 1 << slot;
