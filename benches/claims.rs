@@ -35,7 +35,8 @@
 //! `unique`, `duplicate` and `claim_complete` also have `idemstore-batch64`: the same work
 //! through `Store::claim_id_batch`, 64 keys per call (each thread's share cut into batches of
 //! 64), which prefetches the table memory of keys a few places ahead while it claims the
-//! current one.
+//! current one; and `idemstore-grouped1024`: through `Store::claim_id_batch_grouped`, 1024 keys
+//! per call, claimed shard by shard (one lock hold per shard and call).
 //!
 //! Each function fills its structure with N live keys (`IDEMSTORE_BENCH_KEYS`, default 1 and
 //! 10 million; completed keys for idemstore) when it first runs (so a criterion filter skips the
@@ -175,15 +176,15 @@ fn run_parallel(keys: &[u128], op: impl Fn(u128) + Sync) -> Duration {
     start.elapsed()
 }
 
-/// Like [`run_parallel`], but hands each thread its keys in batches of [`BATCH`], for
-/// `Store::claim_id_batch`.
-fn run_parallel_batches(keys: &[u128], op: impl Fn(&[u128]) + Sync) -> Duration {
+/// Like [`run_parallel`], but hands each thread its keys in batches of `size`, for
+/// `Store::claim_id_batch` and `Store::claim_id_batch_grouped`.
+fn run_parallel_batches(keys: &[u128], size: usize, op: impl Fn(&[u128]) + Sync) -> Duration {
     let chunk = keys.len().div_ceil(THREADS);
     let start = Instant::now();
     std::thread::scope(|s| {
         for part in keys.chunks(chunk) {
             let op = &op;
-            s.spawn(move || part.chunks(BATCH).for_each(op));
+            s.spawn(move || part.chunks(size).for_each(op));
         }
     });
     start.elapsed()
@@ -191,6 +192,9 @@ fn run_parallel_batches(keys: &[u128], op: impl Fn(&[u128]) + Sync) -> Duration 
 
 /// Keys per `claim_id_batch` call: what a message consumer might receive at once.
 const BATCH: usize = 64;
+/// Keys per `claim_id_batch_grouped` call: a consumer's larger poll (Kafka's default
+/// `max.poll.records` is 500), about eight keys per shard of a default store.
+const GROUPED: usize = 1024;
 
 fn new_store(cfg: &Config) -> Store<()> {
     let builder = Store::builder()
@@ -397,6 +401,12 @@ enum Mode {
     Single,
     /// `claim_id_batch`, [`BATCH`] keys per call.
     Batched,
+    /// `claim_id_batch_grouped`, [`GROUPED`] keys per call.
+    Grouped,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Single, Mode::Batched, Mode::Grouped];
 }
 
 /// Benchmarks idemstore on `keys` batches, checking each claim's outcome with `check`.
@@ -411,6 +421,7 @@ fn bench_store(
     let name = match mode {
         Mode::Single => "idemstore",
         Mode::Batched => "idemstore-batch64",
+        Mode::Grouped => "idemstore-grouped1024",
     };
     g.bench_function(BenchmarkId::new(name, cfg.keys), |b| {
         let store =
@@ -422,8 +433,11 @@ fn bench_store(
                 let s = &store.value;
                 total += match mode {
                     Mode::Single => run_parallel(&keys, |k| check(s.claim_id(k).expect("claim"))),
-                    Mode::Batched => run_parallel_batches(&keys, |batch| {
+                    Mode::Batched => run_parallel_batches(&keys, BATCH, |batch| {
                         s.claim_id_batch(batch, |_, claim| check(claim.expect("claim")))
+                    }),
+                    Mode::Grouped => run_parallel_batches(&keys, GROUPED, |batch| {
+                        s.claim_id_batch_grouped(batch, |_, claim| check(claim.expect("claim")))
                     }),
                 };
             }
@@ -549,7 +563,7 @@ fn new_keys(c: &mut Criterion, name: &str, check: impl for<'s> Fn(Claim<'s, ()>)
     for cfg in Config::from_env() {
         let mut g = configure(c, name, &cfg);
         let mut store = None;
-        for mode in [Mode::Single, Mode::Batched] {
+        for mode in Mode::ALL {
             bench_store(&mut g, cfg, &mut store, mode, Filled::fresh_batch, check);
         }
         report_store(store);
@@ -572,7 +586,7 @@ fn duplicate(c: &mut Criterion) {
     for cfg in Config::from_env() {
         let mut g = configure(c, "duplicate", &cfg);
         let mut store = None;
-        for mode in [Mode::Single, Mode::Batched] {
+        for mode in Mode::ALL {
             let keys = |_: &mut Filled<Store<()>>| present_batch(&cfg, &PICK);
             bench_store(&mut g, cfg, &mut store, mode, keys, replayed);
         }

@@ -11,14 +11,16 @@
 //! cargo run --release --example cores -- --keys 1000000 --rounds 3
 //! ```
 //!
-//! Each round claims 2 M never-seen keys per way and workload, one at a time (`claim_id`) and
-//! in batches of 64 (`claim_id_batch`), and prints the medians. The stores are sized for every
-//! key they take in (10 M + 24 M with three rounds; about 3 GB in all), so no table is rebuilt,
-//! but later workloads run fuller tables: compare the ways, which run at the same fill, not
-//! the workloads. Where `apart` runs far ahead of
-//! `shared`, the shard lines the other core wrote last (the lock's word, the wheel's stage,
-//! the counts, the ttl queue's tail) cost more than the table's cache misses; see "Where the
-//! rest of the speed is" in the README.
+//! Each round claims 2 M never-seen keys per way and workload, one at a time (`claim_id`), in
+//! batches of 64 (`claim_id_batch`) and in batches of 1024 grouped by shard
+//! (`claim_id_batch_grouped`), and prints the medians. The stores are sized for every key they
+//! take in (10 M + 36 M with three rounds; about 4.5 GB in all), so no table is rebuilt, but
+//! each workload runs slightly fuller tables than the one before it (2 M keys more of 46 M):
+//! compare the ways, which run at the same fill, and read small differences between workloads
+//! with that in mind. Where `apart` runs far ahead of `shared`, the shard lines the other core
+//! wrote last (the lock's word, the wheel's stage, the counts, the ttl queue's tail) cost more
+//! than the table's cache misses; grouping a batch by shard pays for them once per shard and
+//! batch; see "Where the rest of the speed is" in the README.
 
 use std::time::Instant;
 
@@ -31,6 +33,8 @@ mod keys;
 const PER_ROUND: u64 = 2_000_000;
 /// Keys per `claim_id_batch` call.
 const BATCH: usize = 64;
+/// Keys per `claim_id_batch_grouped` call.
+const GROUPED: usize = 1024;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Way {
@@ -51,28 +55,47 @@ impl Way {
     }
 }
 
+/// How a workload hands its keys to the store.
+#[derive(Clone, Copy, PartialEq)]
+enum Calls {
+    /// `claim_id`, one key per call.
+    One,
+    /// `claim_id_batch`, [`BATCH`] keys per call.
+    Batch,
+    /// `claim_id_batch_grouped`, [`GROUPED`] keys per call.
+    Grouped,
+}
+
 #[derive(Clone, Copy)]
 struct Workload {
-    batch: bool,
+    calls: Calls,
     complete: bool,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] = [
+    const ALL: [Workload; 6] = [
         Workload {
-            batch: false,
+            calls: Calls::One,
             complete: false,
         },
         Workload {
-            batch: true,
+            calls: Calls::Batch,
             complete: false,
         },
         Workload {
-            batch: false,
+            calls: Calls::Grouped,
+            complete: false,
+        },
+        Workload {
+            calls: Calls::One,
             complete: true,
         },
         Workload {
-            batch: true,
+            calls: Calls::Batch,
+            complete: true,
+        },
+        Workload {
+            calls: Calls::Grouped,
             complete: true,
         },
     ];
@@ -85,7 +108,11 @@ impl Workload {
             } else {
                 "new keys"
             },
-            if self.batch { ", batch64" } else { "" }
+            match self.calls {
+                Calls::One => "",
+                Calls::Batch => ", batch64",
+                Calls::Grouped => ", grouped1024",
+            }
         )
     }
 }
@@ -104,13 +131,21 @@ fn claim_all(store: &Store<()>, keys: &[u128], w: Workload) {
         }
         other => panic!("a new key is acquired, got {other:?}"),
     };
-    if w.batch {
-        for chunk in keys.chunks(BATCH) {
-            store.claim_id_batch(chunk, |_, claim| each(claim));
+    match w.calls {
+        Calls::One => {
+            for &k in keys {
+                each(store.claim_id(k));
+            }
         }
-    } else {
-        for &k in keys {
-            each(store.claim_id(k));
+        Calls::Batch => {
+            for chunk in keys.chunks(BATCH) {
+                store.claim_id_batch(chunk, |_, claim| each(claim));
+            }
+        }
+        Calls::Grouped => {
+            for chunk in keys.chunks(GROUPED) {
+                store.claim_id_batch_grouped(chunk, |_, claim| each(claim));
+            }
         }
     }
 }
@@ -138,7 +173,7 @@ fn fill(store: &Store<()>, keys: std::ops::Range<u64>) {
                     store,
                     part,
                     Workload {
-                        batch: true,
+                        calls: Calls::Batch,
                         complete: true,
                     },
                 )

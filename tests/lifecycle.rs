@@ -284,6 +284,29 @@ fn outcome<V: std::fmt::Debug>(claim: &Result<Claim<'_, V>, Error>) -> String {
     }
 }
 
+/// The outcomes a grouped batch of `n` keys handed out, by key index, and its guards in key
+/// order. Checks that every index comes exactly once.
+fn grouped_outcomes<'s, V: std::fmt::Debug + 's>(
+    n: usize,
+    claim: impl FnOnce(&mut dyn FnMut(usize, Result<Claim<'s, V>, Error>)),
+) -> (Vec<String>, Vec<idemstore::Guard<'s, V>>) {
+    let mut got: Vec<Option<String>> = vec![None; n];
+    let mut guards: Vec<Option<idemstore::Guard<'s, V>>> = (0..n).map(|_| None).collect();
+    claim(&mut |i, c| {
+        assert!(got[i].is_none(), "key {i} handed out twice");
+        got[i] = Some(outcome(&c));
+        if let Ok(Claim::Acquired(g)) = c {
+            guards[i] = Some(g);
+        }
+    });
+    let got = got
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| o.unwrap_or_else(|| panic!("key {i} never handed out")))
+        .collect();
+    (got, guards.into_iter().flatten().collect())
+}
+
 #[test]
 fn batch_claims_are_the_same_as_one_by_one() {
     let twins = || {
@@ -301,6 +324,7 @@ fn batch_claims_are_the_same_as_one_by_one() {
     };
     let (one, one_hand) = twins();
     let (batch, batch_hand) = twins();
+    let (grouped, grouped_hand) = twins();
     // Duplicates inside a batch, invalid keys, more keys than the pipeline's depth, and a
     // store that fills up.
     let mut keys: Vec<Vec<u8>> = (0..90u32)
@@ -328,17 +352,71 @@ fn batch_claims_are_the_same_as_one_by_one() {
             }
         });
         assert_eq!(got, expected, "round {round}");
+        let (got, held_grouped) =
+            grouped_outcomes(keys.len(), |each| grouped.claim_batch_grouped(&keys, each));
+        assert_eq!(got, expected, "grouped, round {round}");
         // Complete every other acquired key, drop the rest, then let time pass.
-        for (k, (a, b)) in held_one.into_iter().zip(held_batch).enumerate() {
+        let held = held_one.into_iter().zip(held_batch).zip(held_grouped);
+        for (k, ((a, b), c)) in held.enumerate() {
             if k % 2 == 0 {
                 a.complete(round).unwrap();
                 b.complete(round).unwrap();
+                c.complete(round).unwrap();
             }
         }
-        one_hand.advance(Duration::from_millis(7));
-        batch_hand.advance(Duration::from_millis(7));
+        for hand in [&one_hand, &batch_hand, &grouped_hand] {
+            hand.advance(Duration::from_millis(7));
+        }
     }
     assert_eq!(one.stats(), batch.stats());
+    assert_eq!(one.stats(), grouped.stats());
+}
+
+/// Grouped batches longer than one round of the engine's (2048 keys), with duplicates across
+/// rounds, into one shard whose table grows (and rebuilds) while the batch holds its lock.
+#[test]
+fn long_grouped_batches_are_the_same_as_one_by_one() {
+    // Manual clocks: in-progress outcomes carry the time left on the lease.
+    let twins = || {
+        Store::<()>::builder()
+            .shards(1)
+            .initial_capacity(16)
+            .clock(Clock::manual().0)
+            .seed(7)
+            .build()
+            .unwrap()
+    };
+    let (one, grouped) = (twins(), twins());
+    let ids: Vec<u128> = (0..7_000u128).map(|i| i * 7919 % 5_000).collect();
+    let mut expected = Vec::new();
+    let mut held_one = Vec::new();
+    for &id in &ids {
+        let claim = one.claim_id(id);
+        expected.push(outcome(&claim));
+        if let Ok(Claim::Acquired(g)) = claim {
+            held_one.push(g);
+        }
+    }
+    let (got, held_grouped) =
+        grouped_outcomes(ids.len(), |each| grouped.claim_id_batch_grouped(&ids, each));
+    assert_eq!(got.len(), expected.len());
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != expected[i]) {
+        panic!("key {i}: {} grouped, {} one by one", got[i], expected[i]);
+    }
+    assert_eq!(held_grouped.len(), 5_000);
+    assert!(
+        grouped.stats().table_rebuilds > 0,
+        "the table grew during the batch"
+    );
+    for (a, b) in held_one.into_iter().zip(held_grouped) {
+        a.complete(()).unwrap();
+        b.complete(()).unwrap();
+    }
+    // Every key replays now, claimed grouped or not.
+    grouped.claim_id_batch_grouped(&ids, |i, claim| {
+        assert!(claim.unwrap().is_completed(), "key {i} replays");
+    });
+    assert_eq!(one.stats().entries, grouped.stats().entries);
 }
 
 #[test]

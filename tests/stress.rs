@@ -2,6 +2,10 @@
 //!
 //! - `million_claims_acquire_each_key_exactly_once`: 1,000,000 claims over 1,000 keys from every
 //!   thread on a dedup-only store with the system clock; exactly one `Acquired` per key.
+//! - `grouped_batches_acquire_each_key_exactly_once`: every thread claims the same 200,000 ids
+//!   in grouped batches (`claim_id_batch_grouped`), each from its own starting point, into a
+//!   store that grows (tables rebuilt while batches hold shard locks); exactly one `Acquired`
+//!   per id, every outcome handed out once.
 //! - `forced_takeovers_never_let_a_stale_owner_win`: short leases on a manual clock that threads
 //!   push past each other's leases, so guards go stale while their owners work; per key and per
 //!   dedup window exactly one completion succeeds, it is the newest owner's, and every replay
@@ -114,6 +118,81 @@ fn million_claims_acquire_each_key_exactly_once() {
          progress, {replayed} replayed",
         CLAIMS as f64 / elapsed.as_secs_f64()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grouped batches
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn grouped_batches_acquire_each_key_exactly_once() {
+    const IDS: usize = 200_000;
+    const BATCH: usize = 1_000;
+    let threads = threads();
+    let store: Store = Store::builder()
+        .shards(16)
+        .initial_capacity(1_000)
+        .lease(Duration::from_secs(3_600))
+        .build()
+        .unwrap();
+    let ids: Vec<u128> = (0..IDS as u128)
+        .map(|i| i * 0x9E37_79B9_7F4A_7C15)
+        .collect();
+    let completions: Vec<AtomicU32> = (0..IDS).map(|_| AtomicU32::new(0)).collect();
+    let acquired = AtomicU64::new(0);
+    let barrier = Barrier::new(threads);
+    thread::scope(|s| {
+        for t in 0..threads {
+            let (store, ids, completions) = (&store, &ids, &completions);
+            let (acquired, barrier) = (&acquired, &barrier);
+            s.spawn(move || {
+                // Thread t starts t / threads of the way in and wraps around.
+                let start = t * IDS / threads / BATCH * BATCH;
+                let mut handed = vec![0u8; BATCH];
+                barrier.wait();
+                for b in 0..IDS / BATCH {
+                    let from = (start + b * BATCH) % IDS;
+                    let batch = &ids[from..from + BATCH];
+                    handed.fill(0);
+                    store.claim_id_batch_grouped(batch, |i, claim| {
+                        handed[i] += 1;
+                        match claim.expect("an id is always valid") {
+                            Claim::Acquired(g) => {
+                                assert!(!g.is_takeover(), "no lease runs out in this test");
+                                g.complete(()).expect("the owner completes");
+                                let before = completions[from + i].fetch_add(1, Ordering::Relaxed);
+                                assert_eq!(before, 0, "id {} completed twice", from + i);
+                                acquired.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Claim::InProgress(_) | Claim::Completed(_) => {}
+                            Claim::Mismatch(m) => panic!("no fingerprints were given: {m:?}"),
+                        }
+                    });
+                    assert!(
+                        handed.iter().all(|&n| n == 1),
+                        "every outcome handed out once"
+                    );
+                }
+            });
+        }
+    });
+    assert_eq!(
+        acquired.into_inner(),
+        IDS as u64,
+        "exactly one Acquired per id"
+    );
+    assert!(completions.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+    let stats = store.stats();
+    assert_eq!(stats.acquired, IDS as u64);
+    assert_eq!(stats.completions, IDS as u64);
+    assert!(
+        stats.table_rebuilds > 0,
+        "tables grew while batches claimed"
+    );
+    assert_eq!(store.len(), IDS);
+    store.claim_id_batch_grouped(&ids, |i, claim| {
+        assert!(claim.unwrap().is_completed(), "id {i} replays");
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
