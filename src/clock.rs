@@ -132,8 +132,8 @@ impl Clock {
     /// ([`Clock::precise`]) costs tens of nanoseconds in a virtual machine and holds back the
     /// out-of-order overlap of one claim's cache misses with the next one's, and a claim reads
     /// the clock once. On the 2-core VM this crate is developed on, replays of completed keys
-    /// at 10 million live keys ran about 1.3 times as fast on this clock (README,
-    /// "Performance").
+    /// at 10 million live keys ran about 1.3 times as fast on this clock
+    /// (`docs/performance-history.md`, third session).
     ///
     /// The price is resolution, which deadlines do not have anyway (they are whole
     /// milliseconds on any clock): a reading trails the time by up to a millisecond, and by

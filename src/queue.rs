@@ -7,7 +7,8 @@
 //! fifth level and is filed again at every level below on its way down, each time re-reading
 //! its entry's state word, a random memory access. In this queue it waits in line instead, and
 //! its entry is read once more, when it expires: a 24 h window then costs about what a 1 s one
-//! does (see the README's performance section).
+//! does (see the README's performance section, and `docs/performance-history.md` for the
+//! measurements).
 //!
 //! The queue takes a record when its entry's deadline is at least the highest deadline it took
 //! so far less the queue's slack, a 1024th of the window (84 s for a day; [`MIN_SLACK`] at

@@ -58,7 +58,8 @@ type Inner<T> = lock_api::RwLock<RawLock, T>;
 /// `parking_lot` the unlock's compare-and-swap then waited for that miss (the hottest
 /// instruction of a unique-claims profile), where a store lets the thread go on to hash and
 /// prefetch its next key while the miss completes. Claims of new keys at 10 M keys ran faster in
-/// eight of nine alternations of the two engines, by 2 to 15% (README, eleventh session).
+/// eight of nine alternations of the two engines, by 2 to 15% (`docs/performance-history.md`,
+/// eleventh session).
 ///
 /// The word: bit 0 set while a writer holds the lock, [`READER`] per reader in the 23 bits above
 /// it, and a version in the top 40 bits that every writer's letting go advances. A writer takes
