@@ -57,7 +57,9 @@
 //! read from the TSC (`quanta`, as the engine does). `--timeline` adds each second's claims,
 //! highest latency and claims over 1 ms, to see when spikes happen.
 //!
-//! **Batches.** With `--batch N` each thread claims N keys per `Store::claim_id_batch` call.
+//! **Batches.** With `--batch N` each thread claims N keys per `Store::claim_id_batch` call
+//! (with `--grouped` too, per `Store::claim_id_batch_grouped` call: shard by shard, outcomes
+//! handled in that order).
 //! Open loop: a batch starts when its last operation's intended start has come (a consumer
 //! that batches N arrivals), and each operation's latency runs from its own intended start to
 //! the moment its outcome is handled, so the wait to fill a batch counts.
@@ -150,6 +152,7 @@ struct Args {
     json: bool,
     peer: Peer,
     batch: Option<usize>,
+    grouped: bool,
     shards: Option<usize>,
     timeline: bool,
 }
@@ -197,6 +200,8 @@ OPTIONS
   --value-bytes B   size of the stored result (default 0: Store<()>; else Store<Box<[u8]>>)
   --seconds S       measured duration (default 15; prefill comes first and is not measured)
   --batch N         idemstore only: claim N keys per Store::claim_id_batch call
+  --grouped         with --batch: per Store::claim_id_batch_grouped call instead (one lock
+                    hold per shard and batch; for batches of hundreds of keys or more)
   --shards N        idemstore only: shard count (default: the builder's)
   --peer P          run the same workload on P instead: dashmap | scc | moka; or none:
                     no structure, the harness alone (pacing, clock reads, the histogram),
@@ -280,6 +285,7 @@ fn parse_args() -> Result<Args, String> {
         json: false,
         peer: Peer::Idemstore,
         batch: None,
+        grouped: false,
         shards: None,
         timeline: false,
     };
@@ -341,6 +347,7 @@ fn parse_args() -> Result<Args, String> {
             "--batch" => args.batch = Some(parse_count(&value()?)? as usize),
             "--shards" => args.shards = Some(parse_count(&value()?)? as usize),
             "--json" => args.json = true,
+            "--grouped" => args.grouped = true,
             "--timeline" => args.timeline = true,
             "--peer" => {
                 args.peer = match value()?.as_str() {
@@ -371,6 +378,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.batch == Some(0) {
         return Err("--batch must be at least 1".into());
+    }
+    if args.grouped && args.batch.is_none() {
+        return Err("--grouped needs --batch N".into());
     }
     if args.peer != Peer::Idemstore && (args.batch.is_some() || args.shards.is_some()) {
         return Err("--batch and --shards apply to idemstore only".into());
@@ -562,6 +572,8 @@ trait Engine: Sync {
 struct Idem<P> {
     store: Store<P>,
     value_bytes: usize,
+    /// Batches through `claim_id_batch_grouped`.
+    grouped: bool,
 }
 
 impl<P: Payload> Idem<P> {
@@ -609,8 +621,13 @@ impl<P: Payload> Engine for Idem<P> {
         _now_ns: u64,
         each: &mut dyn FnMut(usize, Outcome),
     ) {
-        self.store
-            .claim_id_batch(keys, |i, r| each(i, self.outcome(r)));
+        if self.grouped {
+            self.store
+                .claim_id_batch_grouped(keys, |i, r| each(i, self.outcome(r)));
+        } else {
+            self.store
+                .claim_id_batch(keys, |i, r| each(i, self.outcome(r)));
+        }
     }
 
     fn entries(&self) -> usize {
@@ -1828,6 +1845,7 @@ fn idemstore_engine<P: Payload>(args: &Args, clock: Clock) -> Idem<P> {
             std::process::exit(2);
         }),
         value_bytes: args.value_bytes,
+        grouped: args.grouped,
     }
 }
 
@@ -1955,8 +1973,10 @@ impl Report {
             self.rate_text(),
             a.dup_ratio * 100.0,
             a.value_bytes,
-            a.batch
-                .map_or(String::new(), |b| format!(", batches of {b}"))
+            a.batch.map_or(String::new(), |b| format!(
+                ", {}batches of {b}",
+                if a.grouped { "grouped " } else { "" }
+            ))
         );
         println!(
             "  prefill        {} keys in {:.1} s, not measured",
@@ -2107,6 +2127,7 @@ impl Report {
         j.num("dup_ratio", a.dup_ratio);
         j.num("value_bytes", a.value_bytes as f64);
         j.opt("batch", a.batch.map(|b| b as f64));
+        j.bool("grouped", a.grouped);
         j.num("seconds", a.seconds);
         j.num("prefill_s", self.prefill_s);
         j.num("elapsed_s", self.elapsed_s);
