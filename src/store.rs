@@ -664,6 +664,11 @@ impl<V> Store<V> {
         let shards = inner.shards.len();
         let shard_of = |h: &KeyHash| h.shard(inner.shard_bits);
         let prefetch = |h: &KeyHash| inner.shards[shard_of(h)].whereabouts.prefetch(h);
+        // Shards are visited from the shard of a round's first key on, wrapping around: two
+        // threads that visited them in the same order would meet at one shard and then follow
+        // each other from shard to shard, each waiting for the other's hold.
+        let mut first_shard = 0;
+        let place = |h: &KeyHash, first: usize| shard_of(h).wrapping_sub(first) & (shards - 1);
         let round = n.min(GROUPED_CHUNK);
         let mut hashed: Vec<(KeyHash, usize)> = Vec::with_capacity(round);
         let mut sorted: Vec<(KeyHash, usize)> = Vec::with_capacity(round);
@@ -676,7 +681,10 @@ impl<V> Store<V> {
             for i in from..n.min(from + GROUPED_CHUNK) {
                 match hash(i) {
                     Ok(h) => {
-                        next[shard_of(&h) + 1] += 1;
+                        if hashed.is_empty() {
+                            first_shard = shard_of(&h);
+                        }
+                        next[place(&h, first_shard) + 1] += 1;
                         hashed.push((h, i));
                     }
                     Err(e) => each(i, Err(e)),
@@ -689,7 +697,7 @@ impl<V> Store<V> {
             sorted.clear();
             sorted.resize(hashed.len(), (KeyHash { hi: 0, lo: 0 }, 0));
             for &(h, i) in &hashed {
-                let s = shard_of(&h);
+                let s = place(&h, first_shard);
                 sorted[next[s]] = (h, i);
                 next[s] += 1;
             }
@@ -718,8 +726,14 @@ impl<V> Store<V> {
                     }
                 }
                 cell.unlock(locked, &inner.pool);
-                for (&(h, i), outcome) in sorted[first..p].iter().zip(held.drain(..)) {
-                    each(i, self.claim_of(h, 0, outcome, now_nanos));
+                let handout = Handout {
+                    store: self,
+                    keys: sorted[first..p].iter(),
+                    outcomes: held.drain(..),
+                    now_nanos,
+                };
+                for (i, claim) in handout {
+                    each(i, claim);
                 }
             }
         }
@@ -1037,6 +1051,33 @@ impl<V> Store<V> {
     #[doc(hidden)]
     pub fn __replays_outside_the_lock(&self) -> u64 {
         self.inner.unlocked_replays()
+    }
+}
+
+/// The outcomes of one hold of [`Store::claim_grouped`], turned into claims as they are handed
+/// out. If the caller's callback panics, the rest are turned into claims and dropped when this
+/// is: the keys acquired among them are released, as a dropped [`Claim::Acquired`] releases its
+/// key, rather than left in flight until their leases run out.
+struct Handout<'a, 's, V> {
+    store: &'s Store<V>,
+    keys: std::slice::Iter<'a, (KeyHash, usize)>,
+    outcomes: std::vec::Drain<'a, Outcome<V>>,
+    now_nanos: u64,
+}
+
+impl<'s, V> Iterator for Handout<'_, 's, V> {
+    type Item = (usize, Result<Claim<'s, V>, Error>);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let (&(h, i), outcome) = self.keys.next().zip(self.outcomes.next())?;
+        Some((i, self.store.claim_of(h, 0, outcome, self.now_nanos)))
+    }
+}
+
+impl<V> Drop for Handout<'_, '_, V> {
+    fn drop(&mut self) {
+        self.for_each(drop);
     }
 }
 

@@ -436,6 +436,30 @@ fn id_batches_match_single_id_claims() {
     }
 }
 
+#[test]
+fn a_grouped_batch_whose_callback_panics_releases_what_it_did_not_hand_out() {
+    // One shard: the whole batch is one hold, whose outcomes are handed out after it.
+    let store: Store = Store::builder().shards(1).build().unwrap();
+    let ids: Vec<u128> = (0..100).collect();
+    let mut handed = 0;
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.claim_id_batch_grouped(&ids, |_, claim| {
+            handed += 1;
+            assert!(handed < 10, "the consumer fails at its tenth message");
+            // The first nine stay in flight.
+            std::mem::forget(claim);
+        })
+    }));
+    assert!(run.is_err());
+    assert_eq!(handed, 10);
+    // The tenth claim was dropped by the unwinding, the ninety not handed out with it.
+    let in_flight = ids
+        .iter()
+        .filter(|&&id| store.claim_id(id).unwrap().is_in_progress())
+        .count();
+    assert_eq!(in_flight, 9);
+}
+
 /// A stored value whose `Drop` uses the store it was meant for: it must never run while the
 /// store holds a shard lock, or it would wait on itself.
 #[derive(Debug)]
