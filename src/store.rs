@@ -594,10 +594,11 @@ impl<V> Store<V> {
     /// Each outcome is the one claiming the keys one after another in the batch's order would
     /// give, but `each` gets them **shard by shard**, not in the batch's order: each with its
     /// key's index, a shard's outcomes right after its lock is let go (so work done in `each`,
-    /// a completion say, finds the shard's lines still in this core's cache). Keys that meet in
-    /// one shard (a key and its duplicates among them) are claimed, and handed out, in the
-    /// batch's order; an invalid key gets its error before any claim of its round. A replay is
-    /// read under the shard's lock (never outside it, as [`Store::claim`] may).
+    /// a completion say, finds the shard's lines still in this core's cache). A key's
+    /// duplicates in the batch are claimed, and handed out, after it; an invalid key gets its
+    /// error before any claim of its round. Where a thread's claims have mostly been replays
+    /// lately, a dedup-only store first reads a shard's keys outside its lock, as
+    /// [`Store::claim`] does, hands out the replays found so, and takes the lock for the rest.
     ///
     /// It pays where a batch has several keys per shard (a store has
     /// [`shards`](Builder::shards) of them, 128 by default): hundreds to thousands of keys per
@@ -651,9 +652,9 @@ impl<V> Store<V> {
 
     /// Claims `n` keys [`GROUPED_CHUNK`] at a time: each round hashes its keys (an invalid
     /// key gets its error at once), sorts them by shard (stably), then claims them in that
-    /// order, a shard's keys under one hold of its lock, prefetching the table memory of the
-    /// key [`PIPELINE`] places ahead as [`Store::claim_batch`] does, and hands a hold's
-    /// outcomes to `each` after letting go of the lock.
+    /// order, prefetching the table memory of the key [`PIPELINE`] places ahead as
+    /// [`Store::claim_batch`] does: a shard's keys read outside the lock where replays are
+    /// likely, the rest under one hold of its lock ([`Store::claim_held`]).
     fn claim_grouped<'s>(
         &'s self,
         n: usize,
@@ -675,6 +676,8 @@ impl<V> Store<V> {
         // Where each shard's keys go in `sorted`, then where its next key goes.
         let mut next = vec![0usize; shards + 1];
         let mut held: Vec<Outcome<V>> = Vec::new();
+        // A shard's keys that did not replay outside the lock.
+        let mut pending: Vec<(KeyHash, usize)> = Vec::new();
         for from in (0..n).step_by(GROUPED_CHUNK) {
             hashed.clear();
             next.fill(0);
@@ -704,37 +707,87 @@ impl<V> Store<V> {
             sorted.iter().take(PIPELINE).for_each(|(h, _)| prefetch(h));
             let mut p = 0;
             while p < sorted.len() {
-                let (first, shard) = (p, shard_of(&sorted[p].0));
+                let place_of_shard = place(&sorted[p].0, first_shard);
+                let (shard, end) = (shard_of(&sorted[p].0), next[place_of_shard]);
                 let cell = &inner.shards[shard];
-                let mut locked = cell.write();
-                let now_nanos = cell.advance_time(&mut locked, inner.clock.now_nanos());
-                let now = floor_ms(now_nanos);
-                let lease = Lease {
-                    from_nanos: now_nanos,
-                    nanos: inner.lease_nanos,
-                };
-                // This shard's keys, while no chore waits: chores (twice per rebuild) are done
-                // outside the lock, and the shard's other keys wait for the next hold.
-                loop {
-                    if let Some((h, _)) = sorted.get(p + PIPELINE) {
-                        prefetch(h);
+                // Where this thread's claims have mostly been replays, the shard's keys are
+                // first read outside the lock, as `claim_batch` reads them (`readers`); only
+                // the others are claimed under it.
+                #[cfg(not(idemstore_loom))]
+                let unlocked = Self::may_replay_unlocked(0) && crate::readers::replays_likely();
+                #[cfg(idemstore_loom)]
+                let unlocked = false;
+                let keys = if unlocked {
+                    pending.clear();
+                    for q in p..end {
+                        if let Some((h, _)) = sorted.get(q + PIPELINE) {
+                            prefetch(h);
+                        }
+                        let (h, i) = sorted[q];
+                        #[cfg(not(idemstore_loom))]
+                        if let Some(replay) = self.replay_first::<false>(cell, &h, 0) {
+                            each(i, Ok(Claim::Completed(replay)));
+                            continue;
+                        }
+                        pending.push((h, i));
                     }
-                    held.push(locked.claim(cell, &sorted[p].0, 0, now, lease));
-                    p += 1;
-                    if p == sorted.len() || shard_of(&sorted[p].0) != shard || locked.has_chores() {
-                        break;
-                    }
-                }
-                cell.unlock(locked, &inner.pool);
-                let handout = Handout {
-                    store: self,
-                    keys: sorted[first..p].iter(),
-                    outcomes: held.drain(..),
-                    now_nanos,
+                    &pending[..]
+                } else {
+                    &sorted[p..end]
                 };
-                for (i, claim) in handout {
-                    each(i, claim);
+                self.claim_held(cell, keys, &mut held, &mut each, |k| {
+                    // Read outside the lock, the keys ahead were prefetched already.
+                    if !unlocked {
+                        if let Some((h, _)) = sorted.get(p + k + PIPELINE) {
+                            prefetch(h);
+                        }
+                    }
+                });
+                p = end;
+            }
+        }
+    }
+
+    /// Claims `keys`, all of `cell`'s shard, in holds of its lock: one, unless a claim leaves
+    /// chores (twice per rebuild), which are done outside the lock before the next hold. Each
+    /// hold's outcomes go to `each` after the lock is let go. `ahead(k)` runs before the claim
+    /// of `keys[k]`.
+    fn claim_held<'s>(
+        &'s self,
+        cell: &ShardCell<V>,
+        keys: &[(KeyHash, usize)],
+        held: &mut Vec<Outcome<V>>,
+        each: &mut impl FnMut(usize, Result<Claim<'s, V>, Error>),
+        ahead: impl Fn(usize),
+    ) {
+        let inner = &*self.inner;
+        let mut k = 0;
+        while k < keys.len() {
+            let first = k;
+            let mut locked = cell.write();
+            let now_nanos = cell.advance_time(&mut locked, inner.clock.now_nanos());
+            let now = floor_ms(now_nanos);
+            let lease = Lease {
+                from_nanos: now_nanos,
+                nanos: inner.lease_nanos,
+            };
+            loop {
+                ahead(k);
+                held.push(locked.claim(cell, &keys[k].0, 0, now, lease));
+                k += 1;
+                if k == keys.len() || locked.has_chores() {
+                    break;
                 }
+            }
+            cell.unlock(locked, &inner.pool);
+            let handout = Handout {
+                store: self,
+                keys: keys[first..k].iter(),
+                outcomes: held.drain(..),
+                now_nanos,
+            };
+            for (i, claim) in handout {
+                each(i, claim);
             }
         }
     }
