@@ -193,7 +193,7 @@ fn run_parallel_batches(keys: &[u128], size: usize, op: impl Fn(&[u128]) + Sync)
 /// Keys per `claim_id_batch` call: what a message consumer might receive at once.
 const BATCH: usize = 64;
 /// Keys per `claim_id_batch_grouped` call: a consumer's larger poll (Kafka's default
-/// `max.poll.records` is 500), about eight keys per shard of a default store.
+/// `max.poll.records` is 500), about eight keys per shard of a default store on two cores.
 const GROUPED: usize = 1024;
 
 fn new_store(cfg: &Config) -> Store<()> {

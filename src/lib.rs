@@ -37,8 +37,8 @@
 //! - [`Store::claim_batch`] and [`Store::claim_id_batch`] claim many keys in one call, with the
 //!   same outcomes as claiming them one after another, prefetching later keys' table memory.
 //!   [`Store::claim_batch_grouped`] and [`Store::claim_id_batch_grouped`] claim larger
-//!   batches (hundreds of keys or more) shard by shard, one lock hold per shard, and hand the
-//!   outcomes out shard by shard (each with its key's index).
+//!   batches (hundreds of keys or more) shard by shard, one lock hold per shard and round of
+//!   2048 keys, and hand the outcomes out shard by shard (each with its key's index).
 //! - [`Store::claim_wait`] (async, any executor) and [`Store::claim_wait_blocking`] let a
 //!   duplicate that finds the key in flight wait, up to a deadline, for the owner to complete or
 //!   release it or for its lease to run out, and then return what a fresh claim returns (the

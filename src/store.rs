@@ -13,12 +13,12 @@ use crate::builder::{Builder, Weigher};
 use crate::clock::{deadline_ms, floor_ms, nanos_of, Clock};
 use crate::error::Error;
 use crate::key::{hash_fingerprint, hash_key, hash_scoped_id, IdKeys, KeyHash};
-use crate::shard::{Lease, Outcome, Pool, ShardCell};
+use crate::shard::{Lease, Outcome, Pool, Shard, ShardCell};
 use crate::state::{Phase, Word};
 use crate::stats::Stats;
 #[cfg(not(idemstore_loom))]
 use crate::sync::Listener;
-use crate::sync::{Arc, AtomicUsize, Event, Ordering};
+use crate::sync::{Arc, AtomicUsize, Event, Ordering, WriteGuard};
 use crate::table::{stores_values, Spare};
 
 /// The longest scope accepted by [`ClaimOptions::scope`], in bytes.
@@ -563,16 +563,20 @@ impl<V> Store<V> {
         keys: &[K],
         each: impl FnMut(usize, Result<Claim<'s, V>, Error>),
     ) {
+        self.claim_pipelined(keys.len(), self.hash_of_batch(keys), each);
+    }
+
+    /// The hash of a batch's key `i` (with the default options), or its key's error.
+    fn hash_of_batch<'a, K: AsRef<[u8]>>(
+        &'a self,
+        keys: &'a [K],
+    ) -> impl Fn(usize) -> Result<KeyHash, Error> + 'a {
         let seed = self.inner.seed;
-        self.claim_pipelined(
-            keys.len(),
-            |i| {
-                let key = keys[i].as_ref();
-                self.check_key(key)?;
-                Ok(hash_key(seed, &[], key))
-            },
-            each,
-        );
+        move |i| {
+            let key = keys[i].as_ref();
+            self.check_key(key)?;
+            Ok(hash_key(seed, &[], key))
+        }
     }
 
     /// [`Store::claim_batch`] for callers' own 128-bit ids.
@@ -586,23 +590,25 @@ impl<V> Store<V> {
     }
 
     /// [`Store::claim_batch`] for large batches, grouped by shard: every key is hashed first,
-    /// then each shard's keys are claimed under one hold of its lock, so the shard's own lines
-    /// (its lock word, counters, timing wheel), which the other threads' claims write too,
-    /// move to this core once per shard and batch instead of once per key. The table memory of
+    /// then each shard's keys are claimed under one hold of its lock (per round of 2048 keys,
+    /// and one more after a rebuild of the shard's table), so the shard's own lines (its lock
+    /// word, counters, timing wheel), which the other threads' claims write too, move to this
+    /// core once per shard and round instead of once per key. The table memory of
     /// keys a few places ahead is prefetched as in [`Store::claim_batch`].
     ///
     /// Each outcome is the one claiming the keys one after another in the batch's order would
     /// give, but `each` gets them **shard by shard**, not in the batch's order: each with its
     /// key's index, a shard's outcomes right after its lock is let go (so work done in `each`,
     /// a completion say, finds the shard's lines still in this core's cache). A key's
-    /// duplicates in the batch are claimed, and handed out, after it; an invalid key gets its
+    /// duplicates in the batch are claimed after it, and handed out after it unless another
+    /// thread completes the key meanwhile (then both replay); an invalid key gets its
     /// error before any claim of its round. Where a thread's claims have mostly been replays
     /// lately, a dedup-only store first reads a shard's keys outside its lock, as
     /// [`Store::claim`] does, hands out the replays found so, and takes the lock for the rest.
     ///
     /// It pays where a batch has several keys per shard (a store has
-    /// [`shards`](Builder::shards) of them, 128 by default): hundreds to thousands of keys per
-    /// call, as a consumer polls them. It works 2048 keys at a time.
+    /// [`shards`](Builder::shards) of them, 64 per core by default): hundreds to thousands of
+    /// keys per call, as a consumer polls them. It works 2048 keys at a time.
     ///
     /// ```
     /// use idemstore::{Claim, Store};
@@ -628,16 +634,7 @@ impl<V> Store<V> {
         keys: &[K],
         each: impl FnMut(usize, Result<Claim<'s, V>, Error>),
     ) {
-        let seed = self.inner.seed;
-        self.claim_grouped(
-            keys.len(),
-            |i| {
-                let key = keys[i].as_ref();
-                self.check_key(key)?;
-                Ok(hash_key(seed, &[], key))
-            },
-            each,
-        );
+        self.claim_grouped(keys.len(), self.hash_of_batch(keys), each);
     }
 
     /// [`Store::claim_batch_grouped`] for callers' own 128-bit ids.
@@ -664,7 +661,7 @@ impl<V> Store<V> {
         let inner = &*self.inner;
         let shards = inner.shards.len();
         let shard_of = |h: &KeyHash| h.shard(inner.shard_bits);
-        let prefetch = |h: &KeyHash| inner.shards[shard_of(h)].whereabouts.prefetch(h);
+        let prefetch = |h: &KeyHash| inner.prefetch(h);
         // Shards are visited from the shard of a round's first key on, wrapping around: two
         // threads that visited them in the same order would meet at one shard and then follow
         // each other from shard to shard, each waiting for the other's hold.
@@ -713,10 +710,7 @@ impl<V> Store<V> {
                 // Where this thread's claims have mostly been replays, the shard's keys are
                 // first read outside the lock, as `claim_batch` reads them (`readers`); only
                 // the others are claimed under it.
-                #[cfg(not(idemstore_loom))]
-                let unlocked = Self::may_replay_unlocked(0) && crate::readers::replays_likely();
-                #[cfg(idemstore_loom)]
-                let unlocked = false;
+                let unlocked = Self::tries_unlocked(0);
                 let keys = if unlocked {
                     pending.clear();
                     for q in p..end {
@@ -760,16 +754,14 @@ impl<V> Store<V> {
         each: &mut impl FnMut(usize, Result<Claim<'s, V>, Error>),
         ahead: impl Fn(usize),
     ) {
-        let inner = &*self.inner;
         let mut k = 0;
         while k < keys.len() {
             let first = k;
-            let mut locked = cell.write();
-            let now_nanos = cell.advance_time(&mut locked, inner.clock.now_nanos());
+            let (mut locked, now_nanos) = self.lock_for_claims(cell);
             let now = floor_ms(now_nanos);
             let lease = Lease {
                 from_nanos: now_nanos,
-                nanos: inner.lease_nanos,
+                nanos: self.inner.lease_nanos,
             };
             loop {
                 ahead(k);
@@ -779,7 +771,7 @@ impl<V> Store<V> {
                     break;
                 }
             }
-            cell.unlock(locked, &inner.pool);
+            cell.unlock(locked, &self.inner.pool);
             let handout = Handout {
                 store: self,
                 keys: keys[first..k].iter(),
@@ -805,9 +797,7 @@ impl<V> Store<V> {
         let start = |i: usize| {
             let h = hash(i);
             if let Ok(h) = &h {
-                inner.shards[h.shard(inner.shard_bits)]
-                    .whereabouts
-                    .prefetch(h);
+                inner.prefetch(h);
             }
             h
         };
@@ -908,6 +898,20 @@ impl<V> Store<V> {
         self.claim_locked(cell, h, fp, lease_nanos)
     }
 
+    /// Whether a claim with fingerprint hash `fp` reads its entry outside the lock first: it may
+    /// ([`Store::may_replay_unlocked`]), and this thread's claims have mostly been replays
+    /// lately (`readers`). Never under loom, which does not model those reads.
+    #[inline(always)]
+    fn tries_unlocked(fp: u64) -> bool {
+        #[cfg(not(idemstore_loom))]
+        return Self::may_replay_unlocked(fp) && crate::readers::replays_likely();
+        #[cfg(idemstore_loom)]
+        {
+            let _ = fp;
+            false
+        }
+    }
+
     /// Whether a claim with fingerprint hash `fp` may replay without the lock (`readers`): a
     /// dedup-only store, no fingerprint.
     #[cfg(not(idemstore_loom))]
@@ -927,7 +931,7 @@ impl<V> Store<V> {
         h: &KeyHash,
         fp: u64,
     ) -> Option<Replay<'_, V>> {
-        if !(Self::may_replay_unlocked(fp) && crate::readers::replays_likely()) {
+        if !Self::tries_unlocked(fp) {
             return None;
         }
         // The instance of the zero-sized `V` kept at the store's first completion (set under
@@ -953,21 +957,26 @@ impl<V> Store<V> {
         fp: u64,
         lease_nanos: u64,
     ) -> Result<Claim<'_, V>, Error> {
-        let inner = &*self.inner;
-        let mut locked = cell.write();
-        // Read the clock under the lock, and never behind the shard's last reading: time seen
-        // by the operations on one shard never goes backwards in the order they take effect,
-        // even if the TSCs of two cores disagree by a little.
-        let now_nanos = cell.advance_time(&mut locked, inner.clock.now_nanos());
-        let now = floor_ms(now_nanos);
+        let (mut locked, now_nanos) = self.lock_for_claims(cell);
         let lease = Lease {
             from_nanos: now_nanos,
             nanos: lease_nanos,
         };
-        let outcome = locked.claim(cell, &h, fp, now, lease);
+        let outcome = locked.claim(cell, &h, fp, floor_ms(now_nanos), lease);
         // Chores are rare (twice per rebuild): memory to make or free, never under the lock.
-        cell.unlock(locked, &inner.pool);
+        cell.unlock(locked, &self.inner.pool);
         self.claim_of(h, fp, outcome, now_nanos)
+    }
+
+    /// `cell`'s write lock for claims, and the time they take effect (ns): the clock read
+    /// under the lock, and never behind the shard's last reading (time seen by the operations on
+    /// one shard never goes backwards in the order they take effect, even if the TSCs of two
+    /// cores disagree by a little).
+    #[inline(always)]
+    fn lock_for_claims<'c>(&self, cell: &'c ShardCell<V>) -> (WriteGuard<'c, Shard<V>>, u64) {
+        let mut locked = cell.write();
+        let now_nanos = cell.advance_time(&mut locked, self.inner.clock.now_nanos());
+        (locked, now_nanos)
     }
 
     /// The public form of a locked claim's `outcome` (made at `now_nanos`), with the claim
@@ -1170,6 +1179,12 @@ enum Pause {
 }
 
 impl<V> Inner<V> {
+    /// Starts loading `h`'s tag group, slots and overflow count (see `Whereabouts::prefetch`).
+    #[inline(always)]
+    fn prefetch(&self, h: &KeyHash) {
+        self.cell(h).whereabouts.prefetch(h);
+    }
+
     /// The shard of a key.
     #[inline]
     fn cell(&self, h: &KeyHash) -> &CachePadded<ShardCell<V>> {

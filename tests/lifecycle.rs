@@ -441,10 +441,75 @@ fn id_batches_match_single_id_claims() {
     }
 }
 
+/// A grouped batch of a dedup-only store, on a thread whose claims have mostly been replays:
+/// each shard's keys are read outside the lock first, the rest claimed under it. Completed,
+/// in-flight and new keys, with duplicates, across eight shards.
+#[test]
+fn grouped_batches_that_replay_outside_the_lock_are_the_same_as_one_by_one() {
+    let twins = || {
+        Store::<()>::builder()
+            .shards(8)
+            .clock(Clock::manual().0)
+            .seed(3)
+            .build()
+            .unwrap()
+    };
+    let (one, grouped) = (twins(), twins());
+    let mut held = Vec::new();
+    for store in [&one, &grouped] {
+        // 0..300 completed, 300..400 in flight.
+        for id in 0..400u128 {
+            let Claim::Acquired(g) = store.claim_id(id).unwrap() else {
+                panic!("a new id is acquired")
+            };
+            if id < 300 {
+                g.complete(()).unwrap();
+            } else {
+                held.push(g);
+            }
+        }
+    }
+    // Replays raise this thread's score, so that its claims read outside the lock first.
+    for id in 0..300u128 {
+        assert!(grouped.claim_id(id).unwrap().is_completed());
+        assert!(one.claim_id(id).unwrap().is_completed());
+    }
+    // Mostly replays, some in flight, some new (400..450), each id twice or more.
+    let ids: Vec<u128> = (0..900u128).map(|i| (i * 7) % 450).collect();
+    let outside = grouped.__replays_outside_the_lock();
+    let (got, acquired) =
+        grouped_outcomes(ids.len(), |each| grouped.claim_id_batch_grouped(&ids, each));
+    assert!(
+        grouped.__replays_outside_the_lock() > outside,
+        "replays read outside the lock"
+    );
+    let mut kept = Vec::new();
+    let mut expected = Vec::new();
+    for &id in &ids {
+        let claim = one.claim_id(id);
+        expected.push(outcome(&claim));
+        // Held, as the grouped batch's guards are: a duplicate finds its key in flight.
+        kept.push(claim);
+    }
+    if let Some(i) = (0..ids.len()).find(|&i| got[i] != expected[i]) {
+        panic!(
+            "id {}: {} grouped, {} one by one",
+            ids[i], got[i], expected[i]
+        );
+    }
+    assert_eq!(acquired.len(), 50, "the new ids, once each");
+    assert_eq!(one.stats(), grouped.stats());
+}
+
 #[test]
 fn a_grouped_batch_whose_callback_panics_releases_what_it_did_not_hand_out() {
-    // One shard: the whole batch is one hold, whose outcomes are handed out after it.
-    let store: Store = Store::builder().shards(1).build().unwrap();
+    // One shard: the whole batch is one hold, whose outcomes are handed out after it. A manual
+    // clock: no lease runs out, however slow the machine.
+    let store: Store = Store::builder()
+        .shards(1)
+        .clock(Clock::manual().0)
+        .build()
+        .unwrap();
     let ids: Vec<u128> = (0..100).collect();
     let mut handed = 0;
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
