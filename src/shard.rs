@@ -180,9 +180,10 @@ pub(crate) struct Counts {
 /// (but for the queue's due time while all its records fit one chunk: see `TtlQueue`).
 /// With two threads claiming keys of random shards, the other core wrote most of a shard's
 /// lines last, and each is a transfer between the cores while the lock is held (see "Where the
-/// rest of the speed is" in the README, and `docs/performance-history.md`, fifteenth session); in Rust's own order (and with the stage's times and
-/// indexes in two arrays) those fields lay in about seven lines of the shard, and the queue's
-/// newest chunk in a line of the heap.
+/// rest of the speed is" in the README, and `docs/performance-history.md`, fifteenth
+/// session); in Rust's own order (and with the stage's times and indexes in two arrays) those
+/// fields lay in about seven lines of the shard, and the queue's newest chunk in a line of the
+/// heap.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Shard<V> {

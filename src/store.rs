@@ -31,7 +31,8 @@ pub const MAX_SPAN: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// long enough to stall a claim.
 const MAINTENANCE_CHUNK: usize = 1024;
 /// Keys per round of [`Store::claim_batch_grouped`]: enough for several keys per shard of a
-/// default store, few enough that a round's hashes (two arrays of 48 KiB) stay in a core's L2 cache.
+/// default store, few enough that a round's hashes (two arrays of 48 KiB) stay in a core's L2
+/// cache.
 const GROUPED_CHUNK: usize = 2048;
 /// How many claims ahead a batch prefetches a key's table memory.
 const PIPELINE: usize = 8;
@@ -593,18 +594,18 @@ impl<V> Store<V> {
     /// then each shard's keys are claimed under one hold of its lock (per round of 2048 keys,
     /// and one more after a rebuild of the shard's table), so the shard's own lines (its lock
     /// word, counters, timing wheel), which the other threads' claims write too, move to this
-    /// core once per shard and round instead of once per key. The table memory of
-    /// keys a few places ahead is prefetched as in [`Store::claim_batch`].
+    /// core once per shard and round instead of once per key. The table memory of keys a few
+    /// places ahead is prefetched as in [`Store::claim_batch`].
     ///
     /// Each outcome is the one claiming the keys one after another in the batch's order would
     /// give, but `each` gets them **shard by shard**, not in the batch's order: each with its
     /// key's index, a shard's outcomes right after its lock is let go (so work done in `each`,
     /// a completion say, finds the shard's lines still in this core's cache). A key's
     /// duplicates in the batch are claimed after it, and handed out after it unless another
-    /// thread completes the key meanwhile (then both replay); an invalid key gets its
-    /// error before any claim of its round. Where a thread's claims have mostly been replays
-    /// lately, a dedup-only store first reads a shard's keys outside its lock, as
-    /// [`Store::claim`] does, hands out the replays found so, and takes the lock for the rest.
+    /// thread completes the key meanwhile (then both replay); an invalid key gets its error
+    /// before any claim of its round. Where a thread's claims have mostly been replays lately, a
+    /// dedup-only store first reads a shard's keys outside its lock, as [`Store::claim`] does,
+    /// hands out the replays found so, and takes the lock for the rest.
     ///
     /// It pays where a batch has several keys per shard (a store has
     /// [`shards`](Builder::shards) of them, 64 per core by default): hundreds to thousands of
