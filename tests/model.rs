@@ -1,8 +1,8 @@
 //! Model-based property test of the public API.
 //!
-//! Random sequences of claims, guard operations, clock advances and maintenance passes run
-//! against a real `Store<u32>` (manual clock, fixed seed, few keys so that operations collide)
-//! and against a plain reference model of the contract in `src/lib.rs`: a map from key to
+//! Random sequences of claims (one at a time and in grouped batches), guard operations, clock
+//! advances and maintenance passes run against a real `Store<u32>` (manual clock, fixed seed,
+//! few keys so that operations collide) and against a plain reference model of the contract in `src/lib.rs`: a map from key to
 //! state with deadlines, tokens and fingerprints. Every outcome is compared: the claim
 //! variant, `retry_after`, the replayed value and its times, `Mismatch::is_completed`, guard
 //! operation results, fencing tokens, capacity refusals and the counters of `stats()`.
@@ -65,6 +65,11 @@ enum Op {
         ms: u64,
     },
     RunMaintenance,
+    /// `Store::claim_batch_grouped` of these keys (scope 0, default options), duplicates
+    /// among them.
+    ClaimBatchGrouped {
+        keys: Vec<u8>,
+    },
 }
 
 /// The store's shape. With one shard, `max_entries` is exact, so the model predicts refusals.
@@ -113,6 +118,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|guard| Op::DropGuard { guard }),
         3 => (0u64..30).prop_map(|ms| Op::AdvanceClock { ms }),
         1 => Just(Op::RunMaintenance),
+        1 => prop::collection::vec(0..KEYS, 1..12).prop_map(|keys| Op::ClaimBatchGrouped { keys }),
     ]
 }
 
@@ -341,6 +347,104 @@ fn check_stats(store: &Store<u32>, m: &Model, step: usize, op: &Op) {
     );
 }
 
+/// Checks a claim's `result` against the model's expectation for key `k` (claimed with
+/// fingerprint `fingerprint` and a lease of `lease_ms`), and applies it to the model; an
+/// acquired guard joins `guards`.
+#[allow(clippy::too_many_arguments)]
+fn check_claim<'s>(
+    m: &mut Model,
+    guards: &mut Vec<Live<'s>>,
+    k: Key,
+    fingerprint: Option<u8>,
+    lease_ms: u64,
+    ttl_ms: u64,
+    result: Result<Claim<'s, u32>, Error>,
+    at: &str,
+) {
+    let expected = m.expect_claim(k, fingerprint);
+    match (expected, result) {
+        (Expected::Acquired { takeover }, Ok(Claim::Acquired(guard))) => {
+            let token = guard.token();
+            if let Some(&last) = m.last_token.get(&k) {
+                assert!(
+                    token > last,
+                    "{}: token {token} not above the key's previous {last}",
+                    at
+                );
+            }
+            m.last_token.insert(k, token);
+            if guard.is_takeover() {
+                assert!(
+                    takeover != Takeover::Forbidden,
+                    "{}: reported a takeover, but the key was not in flight with \
+                     a lease that ran out less than a window ago (model: {:?})",
+                    at,
+                    m.entries.get(&k)
+                );
+                m.counts.reported_takeovers += 1;
+            } else {
+                assert!(
+                    takeover != Takeover::Required,
+                    "{}: no takeover reported, but the key's lease ran out less \
+                     than a window ago (model: {:?})",
+                    at,
+                    m.entries.get(&k)
+                );
+            }
+            assert_eq!(guard.lease_deadline(), ms(m.now + lease_ms), "{}", at);
+            assert_eq!(guard.lease_remaining(), ms(lease_ms), "{}", at);
+            m.counts.acquisitions += 1;
+            m.entries.insert(
+                k,
+                Entry::InFlight {
+                    token,
+                    deadline: m.now + lease_ms,
+                    fp: fingerprint,
+                },
+            );
+            m.bump_deadline(m.now + lease_ms + ttl_ms);
+            guards.push(Live {
+                guard,
+                key: k,
+                token,
+            });
+        }
+        (Expected::InProgress { retry_after }, Ok(Claim::InProgress(p))) => {
+            assert_eq!(p.retry_after(), ms(retry_after), "{}", at);
+            m.counts.in_progress += 1;
+        }
+        (
+            Expected::Completed {
+                value,
+                completed_at,
+                expires,
+            },
+            Ok(Claim::Completed(r)),
+        ) => {
+            assert_eq!(*r.value(), value, "{}: replayed value", at);
+            assert_eq!(r.completed_at(), ms(completed_at), "{}", at);
+            assert_eq!(r.expires_at(), ms(expires), "{}", at);
+            assert_eq!(r.expires_in(), ms(expires - m.now), "{}", at);
+            m.counts.replayed += 1;
+        }
+        (Expected::Mismatch { completed }, Ok(Claim::Mismatch(x))) => {
+            assert_eq!(x.is_completed(), completed, "{}", at);
+            m.counts.mismatched += 1;
+        }
+        (Expected::Full, Err(Error::CapacityExceeded { limit })) => {
+            assert_eq!(Some(limit), m.exact_bound, "{}", at);
+            m.counts.rejected += 1;
+        }
+        (expected, actual) => panic!(
+            "{}: expected {expected:?}, got {actual:?}; model entry {:?}, \
+             live keys {}",
+            at,
+            m.entries.get(&k),
+            m.live_keys()
+        ),
+    }
+}
+
 /// Runs one sequence against a fresh store and the model.
 fn run(shape: Shape, ops: &[Op]) {
     let sc = shape.scale;
@@ -401,87 +505,45 @@ fn run(shape: Shape, ops: &[Op]) {
                     continue;
                 }
                 let lease_ms = lease.unwrap_or(LEASE_MS) * sc;
-                let expected = m.expect_claim(k, fingerprint);
-                match (expected, result) {
-                    (Expected::Acquired { takeover }, Ok(Claim::Acquired(guard))) => {
-                        let token = guard.token();
-                        if let Some(&last) = m.last_token.get(&k) {
-                            assert!(
-                                token > last,
-                                "{}: token {token} not above the key's previous {last}",
-                                here()
-                            );
-                        }
-                        m.last_token.insert(k, token);
-                        if guard.is_takeover() {
-                            assert!(
-                                takeover != Takeover::Forbidden,
-                                "{}: reported a takeover, but the key was not in flight with \
-                                 a lease that ran out less than a window ago (model: {:?})",
-                                here(),
-                                m.entries.get(&k)
-                            );
-                            m.counts.reported_takeovers += 1;
-                        } else {
-                            assert!(
-                                takeover != Takeover::Required,
-                                "{}: no takeover reported, but the key's lease ran out less \
-                                 than a window ago (model: {:?})",
-                                here(),
-                                m.entries.get(&k)
-                            );
-                        }
-                        assert_eq!(guard.lease_deadline(), ms(m.now + lease_ms), "{}", here());
-                        assert_eq!(guard.lease_remaining(), ms(lease_ms), "{}", here());
-                        m.counts.acquisitions += 1;
-                        m.entries.insert(
-                            k,
-                            Entry::InFlight {
-                                token,
-                                deadline: m.now + lease_ms,
-                                fp: fingerprint,
-                            },
-                        );
-                        m.bump_deadline(m.now + lease_ms + ttl_ms);
-                        guards.push(Live {
-                            guard,
-                            key: k,
-                            token,
-                        });
-                    }
-                    (Expected::InProgress { retry_after }, Ok(Claim::InProgress(p))) => {
-                        assert_eq!(p.retry_after(), ms(retry_after), "{}", here());
-                        m.counts.in_progress += 1;
-                    }
-                    (
-                        Expected::Completed {
-                            value,
-                            completed_at,
-                            expires,
-                        },
-                        Ok(Claim::Completed(r)),
-                    ) => {
-                        assert_eq!(*r.value(), value, "{}: replayed value", here());
-                        assert_eq!(r.completed_at(), ms(completed_at), "{}", here());
-                        assert_eq!(r.expires_at(), ms(expires), "{}", here());
-                        assert_eq!(r.expires_in(), ms(expires - m.now), "{}", here());
-                        m.counts.replayed += 1;
-                    }
-                    (Expected::Mismatch { completed }, Ok(Claim::Mismatch(x))) => {
-                        assert_eq!(x.is_completed(), completed, "{}", here());
-                        m.counts.mismatched += 1;
-                    }
-                    (Expected::Full, Err(Error::CapacityExceeded { limit })) => {
-                        assert_eq!(Some(limit), m.exact_bound, "{}", here());
-                        m.counts.rejected += 1;
-                    }
-                    (expected, actual) => panic!(
-                        "{}: expected {expected:?}, got {actual:?}; model entry {:?}, \
-                         live keys {}",
-                        here(),
-                        m.entries.get(&k),
-                        m.live_keys()
-                    ),
+                let at = here();
+                check_claim(
+                    &mut m,
+                    &mut guards,
+                    k,
+                    fingerprint,
+                    lease_ms,
+                    ttl_ms,
+                    result,
+                    &at,
+                );
+            }
+            Op::ClaimBatchGrouped { ref keys } => {
+                // Default options, so the scope is 0 and there is no fingerprint. The outcomes
+                // come shard by shard; the model takes them in the batch's order, which they
+                // must match (all at the same time: the clock only moves between steps).
+                let kbs: Vec<String> = keys.iter().map(|&key| key_bytes(key)).collect();
+                let mut results: Vec<Option<Result<Claim<'_, u32>, Error>>> =
+                    (0..keys.len()).map(|_| None).collect();
+                store.claim_batch_grouped(&kbs, |i, result| {
+                    assert!(results[i].is_none(), "{}: key {i} handed out twice", here());
+                    results[i] = Some(result);
+                });
+                let step_at = here();
+                for (i, result) in results.into_iter().enumerate() {
+                    let result =
+                        result.unwrap_or_else(|| panic!("{step_at}: key {i} never handed out"));
+                    let at = format!("{step_at}, key {i} of the batch");
+                    let k = (0, keys[i]);
+                    check_claim(
+                        &mut m,
+                        &mut guards,
+                        k,
+                        None,
+                        LEASE_MS * sc,
+                        ttl_ms,
+                        result,
+                        &at,
+                    );
                 }
             }
             Op::Complete { guard, value } => {
