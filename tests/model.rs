@@ -2,10 +2,11 @@
 //!
 //! Random sequences of claims (one at a time and in grouped batches), guard operations, clock
 //! advances and maintenance passes run against a real `Store<u32>` (manual clock, fixed seed,
-//! few keys so that operations collide) and against a plain reference model of the contract in `src/lib.rs`: a map from key to
-//! state with deadlines, tokens and fingerprints. Every outcome is compared: the claim
-//! variant, `retry_after`, the replayed value and its times, `Mismatch::is_completed`, guard
-//! operation results, fencing tokens, capacity refusals and the counters of `stats()`.
+//! few keys so that operations collide) and against a plain reference model of the contract in
+//! `src/lib.rs`: a map from key to state with deadlines, tokens and fingerprints. Every outcome
+//! is compared: the claim variant, `retry_after`, the replayed value and its times,
+//! `Mismatch::is_completed`, guard operation results, fencing tokens, capacity refusals and the
+//! counters of `stats()`.
 //!
 //! `IDEMSTORE_PROPTEST_CASES` sets the number of cases (1,000 by default).
 
