@@ -648,6 +648,174 @@ impl<V> Store<V> {
         self.claim_grouped(ids.len(), |i| Ok(keys.hash(ids[i])), each);
     }
 
+    /// Completes many claims at once, grouped by shard as [`Store::claim_batch_grouped`] claims
+    /// them: each shard's completions are made under one hold of its lock (per round of 2048),
+    /// with the table memory of the completions a few places ahead prefetched. For a consumer
+    /// that claims a poll's keys, does their work, then completes them together.
+    ///
+    /// Each completion is the one [`Guard::complete`] makes, with its own result: `each` gets
+    /// the result of the `i`-th completion as `each(i, result)`, after every completion of its
+    /// round is made, and **not in `completions`' order**. [`Error::LeaseLost`] if the guard's
+    /// lease ran out (nothing was written); [`Error::ValueTooLarge`] for a value heavier than
+    /// the store's [`max_value_size`](Builder::max_value_size) (nothing was stored and the key
+    /// is released, as [`Guard::complete`] releases it). A guard of another store is completed
+    /// by that store, one at a time. If the iterator of `completions` or `each` panics, the
+    /// guards not yet completed are released, as dropped guards are.
+    ///
+    /// ```
+    /// use idemstore::{Claim, Store};
+    ///
+    /// let store: Store<u32> = Store::builder().build()?;
+    /// let poll: Vec<String> = (0..100).map(|i| format!("m-{i}")).collect();
+    /// let mut work = Vec::new();
+    /// store.claim_batch_grouped(&poll, |i, claim| {
+    ///     if let Ok(Claim::Acquired(guard)) = claim {
+    ///         work.push((guard, i as u32 * 2));
+    ///     }
+    /// });
+    /// let mut completed = 0;
+    /// store.complete_batch(work, |_, result| {
+    ///     result.expect("the leases are 30 s");
+    ///     completed += 1;
+    /// });
+    /// assert_eq!(completed, 100);
+    /// assert_eq!(*store.claim("m-21")?.replay().expect("completed").value(), 42);
+    /// # Ok::<(), idemstore::Error>(())
+    /// ```
+    pub fn complete_batch<'s>(
+        &'s self,
+        completions: impl IntoIterator<Item = (Guard<'s, V>, V)>,
+        mut each: impl FnMut(usize, Result<(), Error>),
+    ) {
+        let inner = &*self.inner;
+        let mut completions = completions.into_iter().enumerate();
+        let mut round: Vec<Completion<'s, V>> = Vec::new();
+        let mut keys: Vec<(KeyHash, usize)> = Vec::new();
+        let mut sorted: Vec<(KeyHash, usize)> = Vec::new();
+        let mut groups = Groups::default();
+        loop {
+            // A round's guards stay active until completed: if anything panics, dropping the
+            // round releases the rest.
+            round.clear();
+            keys.clear();
+            for (i, (guard, value)) in completions.by_ref() {
+                if !std::ptr::eq(guard.store, self) {
+                    each(i, guard.complete(value));
+                    continue;
+                }
+                if inner.max_value_size != usize::MAX {
+                    if let Err(e) = self.check_value(&value) {
+                        drop(guard);
+                        each(i, Err(e));
+                        continue;
+                    }
+                }
+                keys.push((guard.hash, round.len()));
+                round.push(Completion {
+                    guard,
+                    value: Some(if stores_values::<V>() {
+                        Ok(StdArc::new(value))
+                    } else {
+                        Err(value)
+                    }),
+                    index: i,
+                    result: Ok(()),
+                });
+                if round.len() == GROUPED_CHUNK {
+                    break;
+                }
+            }
+            if round.is_empty() {
+                return;
+            }
+            groups.sort(inner, &keys, &mut sorted);
+            sorted
+                .iter()
+                .take(PIPELINE)
+                .for_each(|(h, _)| inner.prefetch(h));
+            let mut p = 0;
+            while p < sorted.len() {
+                let (cell, end) = groups.of(inner, &sorted[p].0);
+                self.complete_held(cell, &sorted[..end], p, &mut round);
+                p = end;
+            }
+            for c in round.drain(..) {
+                let (i, result) = (c.index, c.result);
+                // Drops a value not stored, and the guard, completed or fenced off already.
+                drop(c.value);
+                each(i, result);
+            }
+        }
+    }
+
+    /// Makes the completions `round[j]` for `(_, j)` in `sorted[from..]`, all of `cell`'s
+    /// shard, under one hold of its lock, each leaving its result in the round, its guard
+    /// spent, and its value there if it was not stored. `sorted[from + PIPELINE..]` has its
+    /// table memory prefetched as the completions go.
+    fn complete_held(
+        &self,
+        cell: &ShardCell<V>,
+        sorted: &[(KeyHash, usize)],
+        from: usize,
+        round: &mut [Completion<'_, V>],
+    ) {
+        let inner = &*self.inner;
+        let mut completed = false;
+        let mut shard = cell.write();
+        let now_nanos = cell.advance_time(&mut shard, inner.clock.now_nanos());
+        let now = floor_ms(now_nanos);
+        let next =
+            |word: Word| word.with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
+        for q in from..sorted.len() {
+            if let Some((h, _)) = sorted.get(q + PIPELINE) {
+                inner.prefetch(h);
+            }
+            let c = &mut round[sorted[q].1];
+            // From here the guard never releases the key, as in `Guard::complete`.
+            c.guard.active = false;
+            let g = &c.guard;
+            let stored = if now >= g.word.deadline() {
+                false
+            } else {
+                let (shared, unit) = match c.value.take() {
+                    Some(Ok(shared)) => (Some(shared), None),
+                    Some(Err(unit)) => (None, Some(unit)),
+                    None => (None, None),
+                };
+                match shard.complete(&g.hash, g.slot, g.word, next(g.word), shared, now) {
+                    Ok(()) => {
+                        if let Some(unit) = unit {
+                            // Kept before the lock goes, so that a replay of this entry finds
+                            // it; an instance not kept is dropped after the lock.
+                            if let Err(unit) = inner.unit.set(unit) {
+                                c.value = Some(Err(unit));
+                            }
+                        }
+                        true
+                    }
+                    Err(unused) => {
+                        c.value = match (unused, unit) {
+                            (Some(shared), _) => Some(Ok(shared)),
+                            (None, unit) => unit.map(Err),
+                        };
+                        false
+                    }
+                }
+            };
+            if stored {
+                completed = true;
+            } else {
+                event!(token = g.token, "complete refused: the lease was lost");
+                c.result = Err(Error::LeaseLost);
+            }
+        }
+        drop(shard);
+        if completed {
+            // A shard's keys share their waiters' event.
+            inner.wake(&sorted[from].0);
+        }
+    }
+
     /// Claims `n` keys [`GROUPED_CHUNK`] at a time: each round hashes its keys (an invalid
     /// key gets its error at once), sorts them by shard (stably), then claims them in that
     /// order, prefetching the table memory of the key [`PIPELINE`] places ahead as
@@ -660,54 +828,27 @@ impl<V> Store<V> {
         mut each: impl FnMut(usize, Result<Claim<'s, V>, Error>),
     ) {
         let inner = &*self.inner;
-        let shards = inner.shards.len();
-        let shard_of = |h: &KeyHash| h.shard(inner.shard_bits);
         let prefetch = |h: &KeyHash| inner.prefetch(h);
-        // Shards are visited from the shard of a round's first key on, wrapping around: two
-        // threads that visited them in the same order would meet at one shard and then follow
-        // each other from shard to shard, each waiting for the other's hold.
-        let mut first_shard = 0;
-        let place = |h: &KeyHash, first: usize| shard_of(h).wrapping_sub(first) & (shards - 1);
         let round = n.min(GROUPED_CHUNK);
         let mut hashed: Vec<(KeyHash, usize)> = Vec::with_capacity(round);
         let mut sorted: Vec<(KeyHash, usize)> = Vec::with_capacity(round);
-        // Where each shard's keys go in `sorted`, then where its next key goes.
-        let mut next = vec![0usize; shards + 1];
+        let mut groups = Groups::default();
         let mut held: Vec<Outcome<V>> = Vec::new();
         // A shard's keys that did not replay outside the lock.
         let mut pending: Vec<(KeyHash, usize)> = Vec::new();
         for from in (0..n).step_by(GROUPED_CHUNK) {
             hashed.clear();
-            next.fill(0);
             for i in from..n.min(from + GROUPED_CHUNK) {
                 match hash(i) {
-                    Ok(h) => {
-                        if hashed.is_empty() {
-                            first_shard = shard_of(&h);
-                        }
-                        next[place(&h, first_shard) + 1] += 1;
-                        hashed.push((h, i));
-                    }
+                    Ok(h) => hashed.push((h, i)),
                     Err(e) => each(i, Err(e)),
                 }
             }
-            for s in 0..shards {
-                next[s + 1] += next[s];
-            }
-            // A counting sort, stable: keys of one shard stay in the batch's order.
-            sorted.clear();
-            sorted.resize(hashed.len(), (KeyHash { hi: 0, lo: 0 }, 0));
-            for &(h, i) in &hashed {
-                let s = place(&h, first_shard);
-                sorted[next[s]] = (h, i);
-                next[s] += 1;
-            }
+            groups.sort(inner, &hashed, &mut sorted);
             sorted.iter().take(PIPELINE).for_each(|(h, _)| prefetch(h));
             let mut p = 0;
             while p < sorted.len() {
-                let place_of_shard = place(&sorted[p].0, first_shard);
-                let (shard, end) = (shard_of(&sorted[p].0), next[place_of_shard]);
-                let cell = &inner.shards[shard];
+                let (cell, end) = groups.of(inner, &sorted[p].0);
                 // Where this thread's claims have mostly been replays, the shard's keys are
                 // first read outside the lock, as `claim_batch` reads them (`readers`); only
                 // the others are claimed under it.
@@ -1114,6 +1255,71 @@ impl<V> Store<V> {
     #[doc(hidden)]
     pub fn __replays_outside_the_lock(&self) -> u64 {
         self.inner.unlocked_replays()
+    }
+}
+
+/// One completion of [`Store::complete_batch`]: its guard (active until its completion is
+/// made), its value until it is stored (`Ok` shared, `Err` a zero-sized instance), its place in
+/// the batch, and its result.
+struct Completion<'s, V> {
+    guard: Guard<'s, V>,
+    value: Option<Result<StdArc<V>, V>>,
+    index: usize,
+    result: Result<(), Error>,
+}
+
+/// A stable counting sort of a round's keys by shard, for [`Store::claim_grouped`] and
+/// [`Store::complete_batch`]. The shards come in order from the shard of the round's first key
+/// on, wrapping around: two threads that visited them in the same order would meet at one
+/// shard and then follow each other from shard to shard, each waiting for the other's hold.
+#[derive(Default)]
+struct Groups {
+    /// The shard that comes first this round.
+    first: usize,
+    /// Where each place's keys go in the sorted round; once sorted, where each place's keys
+    /// end.
+    ends: Vec<usize>,
+}
+
+impl Groups {
+    /// The place of `h`'s shard in this round's order.
+    #[inline(always)]
+    fn place<V>(&self, inner: &Inner<V>, h: &KeyHash) -> usize {
+        h.shard(inner.shard_bits).wrapping_sub(self.first) & (inner.shards.len() - 1)
+    }
+
+    /// Sorts `items` (each with its key's hash first) into `sorted`, the keys of one shard in
+    /// the order they had in `items`.
+    fn sort<V, T: Copy>(
+        &mut self,
+        inner: &Inner<V>,
+        items: &[(KeyHash, T)],
+        sorted: &mut Vec<(KeyHash, T)>,
+    ) {
+        let shards = inner.shards.len();
+        self.first = items.first().map_or(0, |(h, _)| h.shard(inner.shard_bits));
+        self.ends.clear();
+        self.ends.resize(shards + 1, 0);
+        for (h, _) in items {
+            let s = self.place(inner, h);
+            self.ends[s + 1] += 1;
+        }
+        for s in 0..shards {
+            self.ends[s + 1] += self.ends[s];
+        }
+        sorted.clear();
+        sorted.extend_from_slice(items);
+        for &item in items {
+            let s = self.place(inner, &item.0);
+            sorted[self.ends[s]] = item;
+            self.ends[s] += 1;
+        }
+    }
+
+    /// The shard of `h`, a key of the sorted round, and where that shard's keys end in it.
+    #[inline]
+    fn of<'i, V>(&self, inner: &'i Inner<V>, h: &KeyHash) -> (&'i ShardCell<V>, usize) {
+        (inner.cell(h), self.ends[self.place(inner, h)])
     }
 }
 

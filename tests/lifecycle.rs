@@ -596,3 +596,165 @@ fn a_value_refused_for_a_lost_lease_is_dropped_outside_the_store_locks() {
         .unwrap();
     assert!(store.claim("j").unwrap().is_completed());
 }
+
+/// What completing one claim gave: `Ok`, or the error's name.
+fn completion(result: &Result<(), Error>) -> &'static str {
+    match result {
+        Ok(()) => "ok",
+        Err(Error::LeaseLost) => "lease lost",
+        Err(Error::ValueTooLarge { .. }) => "too large",
+        Err(_) => "another error",
+    }
+}
+
+/// Two stores built alike, on one manual clock: one completes its guards one by one, the other
+/// in a batch, from the same situation: 3000 keys over 8 shards (two rounds), some completed
+/// in time, some too late, some taken over by a newer owner before their completion, some too
+/// large to store, and a guard of a third store among them.
+#[test]
+fn a_completed_batch_is_the_same_as_completing_one_by_one() {
+    let (clock, hand) = Clock::manual();
+    let build = || -> Store<Vec<u8>> {
+        Store::builder()
+            .shards(8)
+            .seed(7)
+            .lease(Duration::from_secs(10))
+            .max_value_size(64)
+            .weigher(|v: &Vec<u8>| v.len())
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (single, batched, other) = (build(), build(), build());
+    let ids: Vec<u128> = (0..3000u128).map(|i| i * 0x9E37_79B9_7F4A_7C15).collect();
+    // Every fifth key gets a lease of 1 s, which runs out; of those, every other one is
+    // taken over before its guard completes.
+    let short = |i: usize| i.is_multiple_of(5);
+    let value = |i: usize| vec![i as u8; if i % 7 == 3 { 65 } else { i % 60 }];
+    fn claim_all<'s>(
+        store: &'s Store<Vec<u8>>,
+        ids: &[u128],
+        short: impl Fn(usize) -> bool,
+    ) -> Vec<idemstore::Guard<'s, Vec<u8>>> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let lease = if short(i) { 1 } else { 10 };
+                let options = ClaimOptions::new().lease(Duration::from_secs(lease));
+                match store.claim_id_with(id, &options).unwrap() {
+                    Claim::Acquired(g) => g,
+                    other => panic!("key {i} is new: {other:?}"),
+                }
+            })
+            .collect()
+    }
+    let (guards_single, guards_batched) = (
+        claim_all(&single, &ids, short),
+        claim_all(&batched, &ids, short),
+    );
+    let Claim::Acquired(foreign) = other.claim_id(ids[0]).unwrap() else {
+        panic!("new in the third store");
+    };
+    hand.advance(Duration::from_secs(2));
+    let mut newer = Vec::new();
+    for store in [&single, &batched] {
+        for (i, &id) in ids.iter().enumerate() {
+            if short(i) && i.is_multiple_of(10) {
+                let Claim::Acquired(g) = store.claim_id(id).unwrap() else {
+                    panic!("key {i}'s lease ran out: a takeover");
+                };
+                assert!(g.is_takeover());
+                newer.push(g);
+            }
+        }
+    }
+    let expected: Vec<&str> = guards_single
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| completion(&g.complete(value(i))))
+        .collect();
+    let mut batch: Vec<_> = guards_batched
+        .into_iter()
+        .enumerate()
+        .map(|(i, g)| (g, value(i)))
+        .collect();
+    // The foreign guard goes in the middle: it is index 1500, and the batch's guards after it
+    // move up by one.
+    batch.insert(1500, (foreign, vec![9]));
+    let mut results: Vec<Option<&str>> = vec![None; batch.len()];
+    batched.complete_batch(batch, |i, result| {
+        assert!(results[i].is_none(), "guard {i} handed out twice");
+        results[i] = Some(completion(&result));
+    });
+    let mut results: Vec<&str> = results
+        .into_iter()
+        .map(|r| r.expect("every guard handed out"))
+        .collect();
+    assert_eq!(results.remove(1500), "ok", "the foreign guard's completion");
+    assert_eq!(results, expected);
+    assert!(expected.contains(&"ok") && expected.contains(&"lease lost"));
+    assert!(expected.contains(&"too large"));
+    // The stores hold the same afterwards: replays of the completed keys, the newer owners'
+    // keys in progress, the keys released or lapsed claimable again.
+    let outcome_of = |store: &Store<Vec<u8>>, id| match store.claim_id(id).unwrap() {
+        Claim::Completed(r) => format!("replay {:?}", r.value()),
+        other => outcome(&Ok::<_, Error>(other)),
+    };
+    for &id in &ids {
+        assert_eq!(outcome_of(&single, id), outcome_of(&batched, id));
+    }
+    assert_eq!(outcome_of(&other, ids[0]), "replay [9]");
+    let (s, b) = (single.stats(), batched.stats());
+    assert_eq!(
+        (s.completions, s.releases, s.acquired, s.replayed),
+        (b.completions, b.releases, b.acquired, b.replayed)
+    );
+    drop(newer);
+}
+
+#[test]
+fn a_completion_batch_whose_input_or_callback_panics_releases_or_completes_each_key() {
+    let store: Store = Store::builder()
+        .shards(4)
+        .clock(Clock::manual().0)
+        .build()
+        .unwrap();
+    let guards = |from: u128| {
+        (from..from + 100)
+            .map(|id| match store.claim_id(id).unwrap() {
+                Claim::Acquired(g) => (g, ()),
+                other => panic!("{id} is new: {other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    // The input fails at its 41st guard: the 40 taken are released, not left in flight (nor
+    // completed), and the 60 left are dropped with the iterator, so released too.
+    let first = guards(0);
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let input = first.into_iter().enumerate().map(|(n, g)| {
+            assert!(n < 40, "the input fails");
+            g
+        });
+        store.complete_batch(input, |_, _| panic!("nothing is handed out"));
+    }));
+    assert!(run.is_err());
+    for id in 0..100 {
+        let claim = store.claim_id(id).unwrap();
+        assert!(claim.is_acquired(), "{id} was released");
+    }
+    // The callback fails at its tenth result: every completion was made before.
+    let second = guards(1000);
+    let mut handed = 0;
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.complete_batch(second, |_, result| {
+            result.unwrap();
+            handed += 1;
+            assert!(handed < 10, "the callback fails");
+        });
+    }));
+    assert!(run.is_err());
+    assert_eq!(handed, 10);
+    for id in 1000..1100 {
+        assert!(store.claim_id(id).unwrap().is_completed(), "{id} completed");
+    }
+}

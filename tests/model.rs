@@ -71,6 +71,11 @@ enum Op {
     ClaimBatchGrouped {
         keys: Vec<u8>,
     },
+    /// `Store::complete_batch` of the guards these pick (each takes one out of the live
+    /// guards, as `Complete` does), each with its value.
+    CompleteBatch {
+        picks: Vec<(usize, u32)>,
+    },
 }
 
 /// The store's shape. With one shard, `max_entries` is exact, so the model predicts refusals.
@@ -120,6 +125,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u64..30).prop_map(|ms| Op::AdvanceClock { ms }),
         1 => Just(Op::RunMaintenance),
         1 => prop::collection::vec(0..KEYS, 1..12).prop_map(|keys| Op::ClaimBatchGrouped { keys }),
+        1 => prop::collection::vec((any::<usize>(), any::<u32>()), 1..8)
+            .prop_map(|picks| Op::CompleteBatch { picks }),
     ]
 }
 
@@ -348,6 +355,37 @@ fn check_stats(store: &Store<u32>, m: &Model, step: usize, op: &Op) {
     );
 }
 
+/// Checks the `result` of completing key `k`'s guard with `token` against the model, and
+/// applies it to the model.
+#[allow(clippy::too_many_arguments)]
+fn check_complete(
+    m: &mut Model,
+    k: Key,
+    token: u64,
+    value: u32,
+    ttl_ms: u64,
+    result: Result<(), Error>,
+    at: &str,
+) {
+    if m.owns(k, token) {
+        assert_eq!(result, Ok(()), "{at}: the owner's complete");
+        let fp = m.fp_of(k);
+        m.entries.insert(
+            k,
+            Entry::Completed {
+                value,
+                completed_at: m.now,
+                expires: m.now + ttl_ms,
+                fp,
+            },
+        );
+        m.bump_deadline(m.now + ttl_ms);
+        m.counts.completions += 1;
+    } else {
+        assert_eq!(result, Err(Error::LeaseLost), "{at}: a stale complete");
+    }
+}
+
 /// Checks a claim's `result` against the model's expectation for key `k` (claimed with
 /// fingerprint `fingerprint` and a lease of `lease_ms`), and applies it to the model; an
 /// acquired guard joins `guards`.
@@ -552,29 +590,40 @@ fn run(shape: Shape, ops: &[Op]) {
                     continue;
                 }
                 let live = guards.swap_remove(guard % guards.len());
-                let owns = m.owns(live.key, live.token);
+                let (key, token) = (live.key, live.token);
                 let result = live.guard.complete(value);
-                if owns {
-                    assert_eq!(result, Ok(()), "{}: the owner's complete", here());
-                    let fp = m.fp_of(live.key);
-                    m.entries.insert(
-                        live.key,
-                        Entry::Completed {
-                            value,
-                            completed_at: m.now,
-                            expires: m.now + ttl_ms,
-                            fp,
-                        },
-                    );
-                    m.bump_deadline(m.now + ttl_ms);
-                    m.counts.completions += 1;
-                } else {
-                    assert_eq!(
-                        result,
-                        Err(Error::LeaseLost),
-                        "{}: a stale complete",
+                let at = here();
+                check_complete(&mut m, key, token, value, ttl_ms, result, &at);
+            }
+            Op::CompleteBatch { ref picks } => {
+                let mut batch = Vec::new();
+                let mut taken = Vec::new();
+                for &(guard, value) in picks {
+                    if guards.is_empty() {
+                        break;
+                    }
+                    let live = guards.swap_remove(guard % guards.len());
+                    taken.push((live.key, live.token, value));
+                    batch.push((live.guard, value));
+                }
+                let mut results: Vec<Option<Result<(), Error>>> = vec![None; batch.len()];
+                store.complete_batch(batch, |i, result| {
+                    assert!(
+                        results[i].is_none(),
+                        "{}: guard {i} handed out twice",
                         here()
                     );
+                    results[i] = Some(result);
+                });
+                // The completions are made shard by shard, a shard's in the batch's order, all
+                // at the same time: the model makes them in the batch's order.
+                let step_at = here();
+                for (i, ((key, token, value), result)) in taken.into_iter().zip(results).enumerate()
+                {
+                    let result =
+                        result.unwrap_or_else(|| panic!("{step_at}: guard {i} never handed out"));
+                    let at = format!("{step_at}, guard {i} of the batch");
+                    check_complete(&mut m, key, token, value, ttl_ms, result, &at);
                 }
             }
             Op::Release { guard } => {

@@ -126,6 +126,19 @@ fn million_claims_acquire_each_key_exactly_once() {
 
 #[test]
 fn grouped_batches_acquire_each_key_exactly_once() {
+    grouped_batches(false);
+}
+
+/// As above, each batch's acquired keys completed afterwards, together
+/// ([`Store::complete_batch`]), while the other threads claim them.
+#[test]
+fn grouped_batches_completed_together_acquire_each_key_exactly_once() {
+    grouped_batches(true);
+}
+
+/// Every thread claims all the ids in grouped batches, from its own starting point; each
+/// acquired key is completed in the callback, or (`together`) with the rest of its batch's.
+fn grouped_batches(together: bool) {
     const IDS: usize = 200_000;
     const BATCH: usize = 1_000;
     let threads = threads();
@@ -154,15 +167,20 @@ fn grouped_batches_acquire_each_key_exactly_once() {
                     let from = (start + b * BATCH) % IDS;
                     let batch = &ids[from..from + BATCH];
                     handed.fill(0);
+                    let mut owned = Vec::new();
                     store.claim_id_batch_grouped(batch, |i, claim| {
                         handed[i] += 1;
                         match claim.expect("an id is always valid") {
                             Claim::Acquired(g) => {
                                 assert!(!g.is_takeover(), "no lease runs out in this test");
-                                g.complete(()).expect("the owner completes");
                                 let before = completions[from + i].fetch_add(1, Ordering::Relaxed);
-                                assert_eq!(before, 0, "id {} completed twice", from + i);
+                                assert_eq!(before, 0, "id {} acquired twice", from + i);
                                 acquired.fetch_add(1, Ordering::Relaxed);
+                                if together {
+                                    owned.push((g, ()));
+                                } else {
+                                    g.complete(()).expect("the owner completes");
+                                }
                             }
                             Claim::InProgress(_) | Claim::Completed(_) => {}
                             Claim::Mismatch(m) => panic!("no fingerprints were given: {m:?}"),
@@ -172,6 +190,13 @@ fn grouped_batches_acquire_each_key_exactly_once() {
                         handed.iter().all(|&n| n == 1),
                         "every outcome handed out once"
                     );
+                    let mut done = 0;
+                    let n = owned.len();
+                    store.complete_batch(owned, |_, result| {
+                        result.expect("the owner completes");
+                        done += 1;
+                    });
+                    assert_eq!(done, n, "every completion handed out");
                 }
             });
         }
