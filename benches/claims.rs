@@ -36,7 +36,12 @@
 //! through `Store::claim_id_batch`, 64 keys per call (each thread's share cut into batches of
 //! 64), which prefetches the table memory of keys a few places ahead while it claims the
 //! current one; and `idemstore-grouped1024`: through `Store::claim_id_batch_grouped`, 1024 keys
-//! per call, claimed shard by shard (one lock hold per shard and call).
+//! per call, claimed shard by shard (one lock hold per shard and call). `claim_complete` also has
+//! two modes for a consumer that completes a poll's keys after their work: each call's keys
+//! claimed grouped, then a pass over 4 MiB of other memory (the work, which moves the table's
+//! lines out of the core's 2 MiB L2 cache), then completed together by `Store::complete_batch`
+//! (`idemstore-grouped1024-together`: one hold per shard and call again, the table memory
+//! prefetched) or one by one (`idemstore-grouped1024-after`). Compare those two with each other.
 //!
 //! Each function fills its structure with N live keys (`IDEMSTORE_BENCH_KEYS`, default 1 and
 //! 10 million; completed keys for idemstore) when it first runs (so a criterion filter skips the
@@ -64,6 +69,7 @@
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use criterion::{
@@ -403,6 +409,12 @@ enum Mode {
     Batched,
     /// `claim_id_batch_grouped`, [`GROUPED`] keys per call.
     Grouped,
+    /// `claim_id_batch_grouped`, [`GROUPED`] keys per call, then [`work`], then
+    /// `complete_batch` of the keys acquired (only for `claim_complete`: the claims must all
+    /// be acquired).
+    Together,
+    /// As `Together`, the keys completed one by one after the work instead.
+    After,
 }
 
 impl Mode {
@@ -422,6 +434,8 @@ fn bench_store(
         Mode::Single => "idemstore",
         Mode::Batched => "idemstore-batch64",
         Mode::Grouped => "idemstore-grouped1024",
+        Mode::Together => "idemstore-grouped1024-together",
+        Mode::After => "idemstore-grouped1024-after",
     };
     g.bench_function(BenchmarkId::new(name, cfg.keys), |b| {
         let store =
@@ -438,6 +452,26 @@ fn bench_store(
                     }),
                     Mode::Grouped => run_parallel_batches(&keys, GROUPED, |batch| {
                         s.claim_id_batch_grouped(batch, |_, claim| check(claim.expect("claim")))
+                    }),
+                    Mode::Together => run_parallel_batches(&keys, GROUPED, |batch| {
+                        let mut owned = Vec::with_capacity(batch.len());
+                        s.claim_id_batch_grouped(batch, |_, claim| match claim.expect("claim") {
+                            Claim::Acquired(guard) => owned.push((guard, ())),
+                            other => panic!("a never-seen key was not acquired: {other:?}"),
+                        });
+                        work();
+                        s.complete_batch(owned, |_, done| done.expect("complete"));
+                    }),
+                    Mode::After => run_parallel_batches(&keys, GROUPED, |batch| {
+                        let mut owned = Vec::with_capacity(batch.len());
+                        s.claim_id_batch_grouped(batch, |_, claim| match claim.expect("claim") {
+                            Claim::Acquired(guard) => owned.push(guard),
+                            other => panic!("a never-seen key was not acquired: {other:?}"),
+                        });
+                        work();
+                        for guard in owned {
+                            guard.complete(()).expect("complete");
+                        }
                     }),
                 };
             }
@@ -559,11 +593,16 @@ fn fresh(_: &Config) -> Option<Vec<u128>> {
 }
 
 /// A group that claims never-seen keys, each handled by `check` (forgotten or completed).
-fn new_keys(c: &mut Criterion, name: &str, check: impl for<'s> Fn(Claim<'s, ()>) + Sync + Copy) {
+fn new_keys(
+    c: &mut Criterion,
+    name: &str,
+    modes: &[Mode],
+    check: impl for<'s> Fn(Claim<'s, ()>) + Sync + Copy,
+) {
     for cfg in Config::from_env() {
         let mut g = configure(c, name, &cfg);
         let mut store = None;
-        for mode in Mode::ALL {
+        for &mode in modes {
             bench_store(&mut g, cfg, &mut store, mode, Filled::fresh_batch, check);
         }
         report_store(store);
@@ -573,14 +612,30 @@ fn new_keys(c: &mut Criterion, name: &str, check: impl for<'s> Fn(Claim<'s, ()>)
 }
 
 fn unique(c: &mut Criterion) {
-    new_keys(c, "unique", acquired_forgotten);
+    new_keys(c, "unique", &Mode::ALL, acquired_forgotten);
 }
 
 fn claim_complete(c: &mut Criterion) {
-    new_keys(c, "claim_complete", acquired_completed);
+    let modes = [
+        Mode::Single,
+        Mode::Batched,
+        Mode::Grouped,
+        Mode::Together,
+        Mode::After,
+    ];
+    new_keys(c, "claim_complete", &modes, acquired_completed);
 }
 
 static PICK: AtomicU64 = AtomicU64::new(0);
+
+/// A consumer's work between claiming a poll's keys and completing them: a read of one word
+/// per line of 4 MiB (made once, shared by the threads), twice this machine's L2 cache per
+/// core, so the lines of the table the claims touched are no longer in it.
+fn work() {
+    static MEMORY: OnceLock<Box<[u64]>> = OnceLock::new();
+    let memory = MEMORY.get_or_init(|| vec![1; 4 << 20 >> 3].into_boxed_slice());
+    black_box(memory.iter().step_by(8).sum::<u64>());
+}
 
 fn duplicate(c: &mut Criterion) {
     for cfg in Config::from_env() {

@@ -17,13 +17,17 @@
 //!   dashmap: `get`;
 //! - `unique`: claims of new keys, the guard forgotten (only the claim counted); dashmap:
 //!   `entry(k).or_insert(v)`;
-//! - `claim_complete`: claim and complete of new keys (dashmap has no second step).
+//! - `claim_complete`: claim and complete of new keys (dashmap has no second step);
+//! - `grouped_complete`: the same through `claim_id_batch_grouped`, 1024 keys per call, each
+//!   acquired key completed in the call's callback; `grouped_together`: each call's keys
+//!   completed together after it by `complete_batch`; `grouped_after`: completed one by one
+//!   after it (idemstore alone).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use idemstore::{Claim, Store};
+use idemstore::{Claim, Guard, Store};
 
 #[path = "common/keys.rs"]
 mod keys;
@@ -67,6 +71,51 @@ fn run_idemstore_claim_complete(store: &Store<()>, keys: &[u128]) {
     }
 }
 
+/// Claims `keys` 1024 at a time through `claim_id_batch_grouped`, and hands each call's guards
+/// to `complete`.
+fn grouped<'s>(
+    store: &'s Store<()>,
+    keys: &[u128],
+    mut complete: impl FnMut(&mut Vec<Guard<'s, ()>>),
+) {
+    let mut guards = Vec::with_capacity(1024);
+    for batch in keys.chunks(1024) {
+        store.claim_id_batch_grouped(batch, |_, claim| match claim {
+            Ok(Claim::Acquired(guard)) => guards.push(guard),
+            other => panic!("a new key is acquired, got {other:?}"),
+        });
+        complete(&mut guards);
+    }
+}
+
+#[inline(never)]
+fn run_idemstore_grouped_complete(store: &Store<()>, keys: &[u128]) {
+    for batch in keys.chunks(1024) {
+        store.claim_id_batch_grouped(batch, |_, claim| match claim {
+            Ok(Claim::Acquired(guard)) => guard.complete(()).expect("the lease is 30 s"),
+            other => panic!("a new key is acquired, got {other:?}"),
+        });
+    }
+}
+
+#[inline(never)]
+fn run_idemstore_grouped_together(store: &Store<()>, keys: &[u128]) {
+    grouped(store, keys, |guards| {
+        store.complete_batch(guards.drain(..).map(|g| (g, ())), |_, done| {
+            done.expect("the lease is 30 s")
+        })
+    });
+}
+
+#[inline(never)]
+fn run_idemstore_grouped_after(store: &Store<()>, keys: &[u128]) {
+    grouped(store, keys, |guards| {
+        for guard in guards.drain(..) {
+            guard.complete(()).expect("the lease is 30 s");
+        }
+    });
+}
+
 #[inline(never)]
 fn run_dashmap_replay(map: &Map, keys: &[u128]) {
     for k in keys {
@@ -86,11 +135,15 @@ fn main() {
     let wants = |w: &str| only.as_deref().is_none_or(|o| o == w);
     let live: Vec<u128> = (0..LIVE).map(key).collect();
     let picks: Vec<u128> = (0..OPS).map(|i| key(mix(i ^ 77) % LIVE)).collect();
-    let fresh: Vec<u128> = (LIVE..LIVE + OPS).map(key).collect();
-    let fresh2: Vec<u128> = (LIVE + OPS..LIVE + 2 * OPS).map(key).collect();
+    // Each workload that claims new keys has its own.
+    let fresh_for =
+        |w: u64| -> Vec<u128> { (LIVE + w * OPS..LIVE + (w + 1) * OPS).map(key).collect() };
+    let (fresh, fresh2) = (fresh_for(0), fresh_for(1));
 
     let store: Store<()> = Store::builder()
-        .initial_capacity((LIVE + 2 * OPS) as usize * 2)
+        // Room for the new keys of every workload run (one under the script: the size that
+        // earlier counts were made with).
+        .initial_capacity((LIVE + if only.is_some() { 2 } else { 5 } * OPS) as usize * 2)
         .ttl(Duration::from_secs(86_400))
         .lease(Duration::from_secs(30))
         .build()
@@ -108,6 +161,15 @@ fn main() {
     }
     if wants("claim_complete") {
         run_idemstore_claim_complete(&store, &fresh2);
+    }
+    if wants("grouped_complete") {
+        run_idemstore_grouped_complete(&store, &fresh_for(2));
+    }
+    if wants("grouped_together") {
+        run_idemstore_grouped_together(&store, &fresh_for(3));
+    }
+    if wants("grouped_after") {
+        run_idemstore_grouped_after(&store, &fresh_for(4));
     }
     drop(store);
 

@@ -59,7 +59,8 @@
 //!
 //! **Batches.** With `--batch N` each thread claims N keys per `Store::claim_id_batch` call
 //! (with `--grouped` too, per `Store::claim_id_batch_grouped` call: shard by shard, outcomes
-//! handled in that order).
+//! handled in that order; with `--complete-batch` as well, the keys a call acquired are
+//! completed together after it, by one `Store::complete_batch` call).
 //! Open loop: a batch starts when its last operation's intended start has come (a consumer
 //! that batches N arrivals), and each operation's latency runs from its own intended start to
 //! the moment its outcome is handled, so the wait to fill a batch counts.
@@ -153,6 +154,7 @@ struct Args {
     peer: Peer,
     batch: Option<usize>,
     grouped: bool,
+    complete_batch: bool,
     shards: Option<usize>,
     timeline: bool,
 }
@@ -202,6 +204,8 @@ OPTIONS
   --batch N         idemstore only: claim N keys per Store::claim_id_batch call
   --grouped         with --batch: per Store::claim_id_batch_grouped call instead (one lock
                     hold per shard and batch; for batches of hundreds of keys or more)
+  --complete-batch  with --grouped: complete each batch's acquired keys together after it,
+                    per Store::complete_batch call (one lock hold per shard and batch)
   --shards N        idemstore only: shard count (default: the builder's)
   --peer P          run the same workload on P instead: dashmap | scc | moka; or none:
                     no structure, the harness alone (pacing, clock reads, the histogram),
@@ -286,6 +290,7 @@ fn parse_args() -> Result<Args, String> {
         peer: Peer::Idemstore,
         batch: None,
         grouped: false,
+        complete_batch: false,
         shards: None,
         timeline: false,
     };
@@ -348,6 +353,7 @@ fn parse_args() -> Result<Args, String> {
             "--shards" => args.shards = Some(parse_count(&value()?)? as usize),
             "--json" => args.json = true,
             "--grouped" => args.grouped = true,
+            "--complete-batch" => args.complete_batch = true,
             "--timeline" => args.timeline = true,
             "--peer" => {
                 args.peer = match value()?.as_str() {
@@ -381,6 +387,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.grouped && args.batch.is_none() {
         return Err("--grouped needs --batch N".into());
+    }
+    if args.complete_batch && !args.grouped {
+        return Err("--complete-batch needs --grouped".into());
     }
     if args.peer != Peer::Idemstore && (args.batch.is_some() || args.shards.is_some()) {
         return Err("--batch and --shards apply to idemstore only".into());
@@ -574,6 +583,8 @@ struct Idem<P> {
     value_bytes: usize,
     /// Batches through `claim_id_batch_grouped`.
     grouped: bool,
+    /// Each grouped batch's acquired keys completed after it through `complete_batch`.
+    complete_batch: bool,
 }
 
 impl<P: Payload> Idem<P> {
@@ -621,7 +632,25 @@ impl<P: Payload> Engine for Idem<P> {
         _now_ns: u64,
         each: &mut dyn FnMut(usize, Outcome),
     ) {
-        if self.grouped {
+        if self.complete_batch {
+            let mut owned = Vec::with_capacity(keys.len());
+            let mut index = Vec::with_capacity(keys.len());
+            self.store.claim_id_batch_grouped(keys, |i, r| match r {
+                Ok(Claim::Acquired(guard)) => {
+                    index.push(i);
+                    owned.push((guard, P::make(self.value_bytes)));
+                }
+                r => each(i, self.outcome(r)),
+            });
+            self.store.complete_batch(owned, |j, r| {
+                each(
+                    index[j],
+                    Outcome::Fresh {
+                        completed: r.is_ok(),
+                    },
+                )
+            });
+        } else if self.grouped {
             self.store
                 .claim_id_batch_grouped(keys, |i, r| each(i, self.outcome(r)));
         } else {
@@ -1846,6 +1875,7 @@ fn idemstore_engine<P: Payload>(args: &Args, clock: Clock) -> Idem<P> {
         }),
         value_bytes: args.value_bytes,
         grouped: args.grouped,
+        complete_batch: args.complete_batch,
     }
 }
 
@@ -1974,8 +2004,13 @@ impl Report {
             a.dup_ratio * 100.0,
             a.value_bytes,
             a.batch.map_or(String::new(), |b| format!(
-                ", {}batches of {b}",
-                if a.grouped { "grouped " } else { "" }
+                ", {}batches of {b}{}",
+                if a.grouped { "grouped " } else { "" },
+                if a.complete_batch {
+                    ", completed together"
+                } else {
+                    ""
+                }
             ))
         );
         println!(
@@ -2128,6 +2163,7 @@ impl Report {
         j.num("value_bytes", a.value_bytes as f64);
         j.opt("batch", a.batch.map(|b| b as f64));
         j.bool("grouped", a.grouped);
+        j.bool("complete_batch", a.complete_batch);
         j.num("seconds", a.seconds);
         j.num("prefill_s", self.prefill_s);
         j.num("elapsed_s", self.elapsed_s);

@@ -39,6 +39,8 @@
 //!   [`Store::claim_batch_grouped`] and [`Store::claim_id_batch_grouped`] claim larger
 //!   batches (hundreds of keys or more) shard by shard, one lock hold per shard and round of
 //!   2048 keys, and hand the outcomes out shard by shard (each with its key's index).
+//!   [`Store::complete_batch`] completes many guards the same way, grouped by shard, for a
+//!   consumer that completes a poll's keys together after their work.
 //! - [`Store::claim_wait`] (async, any executor) and [`Store::claim_wait_blocking`] let a
 //!   duplicate that finds the key in flight wait, up to a deadline, for the owner to complete or
 //!   release it or for its lease to run out, and then return what a fresh claim returns (the

@@ -689,15 +689,13 @@ impl<V> Store<V> {
     ) {
         let inner = &*self.inner;
         let mut completions = completions.into_iter().enumerate();
-        let mut round: Vec<Completion<'s, V>> = Vec::new();
-        let mut keys: Vec<(KeyHash, usize)> = Vec::new();
-        let mut sorted: Vec<(KeyHash, usize)> = Vec::new();
+        let n = completions.size_hint().0.min(GROUPED_CHUNK);
+        // If anything panics, dropping the round releases the keys it holds and has not
+        // completed yet.
+        let mut round = Round::new(self, n);
+        let mut sorted: Vec<Pending> = Vec::with_capacity(n);
         let mut groups = Groups::default();
         loop {
-            // A round's guards stay active until completed: if anything panics, dropping the
-            // round releases the rest.
-            round.clear();
-            keys.clear();
             for (i, (guard, value)) in completions.by_ref() {
                 if !std::ptr::eq(guard.store, self) {
                     each(i, guard.complete(value));
@@ -710,109 +708,95 @@ impl<V> Store<V> {
                         continue;
                     }
                 }
-                keys.push((guard.hash, round.len()));
-                round.push(Completion {
-                    guard,
-                    value: Some(if stores_values::<V>() {
-                        Ok(StdArc::new(value))
-                    } else {
-                        Err(value)
-                    }),
-                    index: i,
-                    result: Ok(()),
-                });
-                if round.len() == GROUPED_CHUNK {
+                round.push(guard, value, i);
+                if round.pending.len() == GROUPED_CHUNK {
                     break;
                 }
             }
-            if round.is_empty() {
+            if round.pending.is_empty() {
                 return;
             }
-            groups.sort(inner, &keys, &mut sorted);
+            groups.sort(inner, &round.pending, |c| &c.hash, &mut sorted);
             sorted
                 .iter()
                 .take(PIPELINE)
-                .for_each(|(h, _)| inner.prefetch(h));
+                .for_each(|c| inner.prefetch(&c.hash));
             let mut p = 0;
             while p < sorted.len() {
-                let (cell, end) = groups.of(inner, &sorted[p].0);
+                let (cell, end) = groups.of(inner, &sorted[p].hash);
                 self.complete_held(cell, &sorted[..end], p, &mut round);
                 p = end;
             }
-            for c in round.drain(..) {
-                let (i, result) = (c.index, c.result);
-                // Drops a value not stored, and the guard, completed or fenced off already.
-                drop(c.value);
-                each(i, result);
+            // The values not stored are dropped here, outside the locks.
+            round.values.clear();
+            for (&i, fate) in round.index.iter().zip(&round.fates) {
+                each(
+                    i,
+                    match fate {
+                        Fate::Lost => Err(Error::LeaseLost),
+                        _ => Ok(()),
+                    },
+                );
             }
+            round.clear();
         }
     }
 
-    /// Makes the completions `round[j]` for `(_, j)` in `sorted[from..]`, all of `cell`'s
-    /// shard, under one hold of its lock, each leaving its result in the round, its guard
-    /// spent, and its value there if it was not stored. `sorted[from + PIPELINE..]` has its
-    /// table memory prefetched as the completions go.
+    /// Makes the completions `sorted[from..]`, all of `cell`'s shard, under one hold of its
+    /// lock, leaving each one's fate in `round` and the values not stored there.
+    /// `sorted[from + PIPELINE..]` has its table memory prefetched as the completions go.
     fn complete_held(
         &self,
         cell: &ShardCell<V>,
-        sorted: &[(KeyHash, usize)],
+        sorted: &[Pending],
         from: usize,
-        round: &mut [Completion<'_, V>],
+        round: &mut Round<'_, V>,
     ) {
         let inner = &*self.inner;
         let mut completed = false;
         let mut shard = cell.write();
         let now_nanos = cell.advance_time(&mut shard, inner.clock.now_nanos());
         let now = floor_ms(now_nanos);
-        let next =
-            |word: Word| word.with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
+        let deadline = deadline_ms(now_nanos, inner.ttl_nanos);
         for q in from..sorted.len() {
-            if let Some((h, _)) = sorted.get(q + PIPELINE) {
-                inner.prefetch(h);
+            if let Some(c) = sorted.get(q + PIPELINE) {
+                inner.prefetch(&c.hash);
             }
-            let c = &mut round[sorted[q].1];
-            // From here the guard never releases the key, as in `Guard::complete`.
-            c.guard.active = false;
-            let g = &c.guard;
-            let stored = if now >= g.word.deadline() {
-                false
+            let c = &sorted[q];
+            let pos = c.pos as usize;
+            let value = round.values.get_mut(pos).and_then(Option::take);
+            let fate = if now >= c.word.deadline() {
+                Err(value)
             } else {
-                let (shared, unit) = match c.value.take() {
-                    Some(Ok(shared)) => (Some(shared), None),
-                    Some(Err(unit)) => (None, Some(unit)),
-                    None => (None, None),
-                };
-                match shard.complete(&g.hash, g.slot, g.word, next(g.word), shared, now) {
-                    Ok(()) => {
-                        if let Some(unit) = unit {
-                            // Kept before the lock goes, so that a replay of this entry finds
-                            // it; an instance not kept is dropped after the lock.
-                            if let Err(unit) = inner.unit.set(unit) {
-                                c.value = Some(Err(unit));
-                            }
+                let next = c.word.with(Phase::Completed, deadline);
+                shard.complete(&c.hash, c.slot, c.word, next, value, now)
+            };
+            round.fates[pos] = match fate {
+                Ok(()) => {
+                    completed = true;
+                    if let Some(unit) = round.unit.take() {
+                        // Kept before the lock goes, so that a replay of this entry finds it;
+                        // an instance not kept is dropped after the lock, with the round.
+                        if let Err(unit) = inner.unit.set(unit) {
+                            round.unit = Some(unit);
                         }
-                        true
                     }
-                    Err(unused) => {
-                        c.value = match (unused, unit) {
-                            (Some(shared), _) => Some(Ok(shared)),
-                            (None, unit) => unit.map(Err),
-                        };
-                        false
+                    Fate::Completed
+                }
+                Err(unused) => {
+                    // Dropped after the lock, with the round's values.
+                    if let Some(v) = unused {
+                        round.values[pos] = Some(v);
                     }
+                    event!(token = c.token, "complete refused: the lease was lost");
+                    Fate::Lost
                 }
             };
-            if stored {
-                completed = true;
-            } else {
-                event!(token = g.token, "complete refused: the lease was lost");
-                c.result = Err(Error::LeaseLost);
-            }
         }
         drop(shard);
         if completed {
             // A shard's keys share their waiters' event.
-            inner.wake(&sorted[from].0);
+            inner.wake(&sorted[from].hash);
         }
     }
 
@@ -844,7 +828,7 @@ impl<V> Store<V> {
                     Err(e) => each(i, Err(e)),
                 }
             }
-            groups.sort(inner, &hashed, &mut sorted);
+            groups.sort(inner, &hashed, |(h, _)| h, &mut sorted);
             sorted.iter().take(PIPELINE).for_each(|(h, _)| prefetch(h));
             let mut p = 0;
             while p < sorted.len() {
@@ -1258,14 +1242,96 @@ impl<V> Store<V> {
     }
 }
 
-/// One completion of [`Store::complete_batch`]: its guard (active until its completion is
-/// made), its value until it is stored (`Ok` shared, `Err` a zero-sized instance), its place in
-/// the batch, and its result.
-struct Completion<'s, V> {
-    guard: Guard<'s, V>,
-    value: Option<Result<StdArc<V>, V>>,
-    index: usize,
-    result: Result<(), Error>,
+/// What a guard handed to [`Store::complete_batch`] knew of its entry, and its place in the
+/// round.
+#[derive(Clone, Copy)]
+struct Pending {
+    hash: KeyHash,
+    word: Word,
+    /// For the trace of a refused completion.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    token: u64,
+    slot: u32,
+    pos: u32,
+}
+
+/// What became of a completion of a round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Not made yet: its key is in flight, owned by the round.
+    Owned,
+    Completed,
+    Lost,
+}
+
+/// A round of [`Store::complete_batch`]: the guards taken over (their keys owned by the round
+/// until completed), their places in the batch, fates and values. Dropped before every
+/// completion was made (a panic), it releases the keys it still owns, as dropped guards do.
+struct Round<'s, V> {
+    store: &'s Store<V>,
+    /// In the batch's order.
+    pending: Vec<Pending>,
+    /// The batch index of each.
+    index: Vec<usize>,
+    fates: Vec<Fate>,
+    /// The values to store (of a store that stores values), until stored; after the lock,
+    /// those not stored.
+    values: Vec<Option<StdArc<V>>>,
+    /// An instance of a zero-sized `V`, for [`Inner::unit`] if the store has none yet.
+    unit: Option<V>,
+}
+
+impl<'s, V> Round<'s, V> {
+    fn new(store: &'s Store<V>, n: usize) -> Self {
+        Self {
+            store,
+            pending: Vec::with_capacity(n),
+            index: Vec::with_capacity(n),
+            fates: Vec::with_capacity(n),
+            values: Vec::with_capacity(if stores_values::<V>() { n } else { 0 }),
+            unit: None,
+        }
+    }
+
+    /// Takes over `guard` (of this round's store) and its `value`, the `i`-th of the batch.
+    #[inline]
+    fn push(&mut self, guard: Guard<'s, V>, value: V, i: usize) {
+        self.pending.push(Pending {
+            hash: guard.hash,
+            word: guard.word,
+            token: guard.token,
+            slot: guard.slot,
+            pos: self.index.len() as u32,
+        });
+        self.index.push(i);
+        self.fates.push(Fate::Owned);
+        // The round owns the key now, and releases it if it is dropped before completing it.
+        std::mem::forget(guard);
+        if stores_values::<V>() {
+            self.values.push(Some(StdArc::new(value)));
+        } else if self.unit.is_none() && self.store.inner.unit.get().is_none() {
+            self.unit = Some(value);
+        }
+    }
+
+    /// Forgets the round's completions, every one made or refused.
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.index.clear();
+        self.fates.clear();
+        self.values.clear();
+    }
+}
+
+impl<V> Drop for Round<'_, V> {
+    fn drop(&mut self) {
+        for (c, &fate) in self.pending.iter().zip(&self.fates) {
+            if fate == Fate::Owned {
+                // A lost lease has nothing to give back.
+                let _ = self.store.release_entry(&c.hash, c.slot, c.word);
+            }
+        }
+    }
 }
 
 /// A stable counting sort of a round's keys by shard, for [`Store::claim_grouped`] and
@@ -1288,29 +1354,32 @@ impl Groups {
         h.shard(inner.shard_bits).wrapping_sub(self.first) & (inner.shards.len() - 1)
     }
 
-    /// Sorts `items` (each with its key's hash first) into `sorted`, the keys of one shard in
-    /// the order they had in `items`.
+    /// Sorts `items` (`hash` gives each one's key hash) into `sorted`, the keys of one shard
+    /// in the order they had in `items`.
     fn sort<V, T: Copy>(
         &mut self,
         inner: &Inner<V>,
-        items: &[(KeyHash, T)],
-        sorted: &mut Vec<(KeyHash, T)>,
+        items: &[T],
+        hash: impl Fn(&T) -> &KeyHash,
+        sorted: &mut Vec<T>,
     ) {
         let shards = inner.shards.len();
-        self.first = items.first().map_or(0, |(h, _)| h.shard(inner.shard_bits));
+        self.first = items.first().map_or(0, |i| hash(i).shard(inner.shard_bits));
         self.ends.clear();
         self.ends.resize(shards + 1, 0);
-        for (h, _) in items {
-            let s = self.place(inner, h);
+        for item in items {
+            let s = self.place(inner, hash(item));
             self.ends[s + 1] += 1;
         }
         for s in 0..shards {
             self.ends[s + 1] += self.ends[s];
         }
         sorted.clear();
-        sorted.extend_from_slice(items);
+        if let Some(&filler) = items.first() {
+            sorted.resize(items.len(), filler);
+        }
         for &item in items {
-            let s = self.place(inner, &item.0);
+            let s = self.place(inner, hash(&item));
             sorted[self.ends[s]] = item;
             self.ends[s] += 1;
         }
@@ -1508,6 +1577,31 @@ impl<V> Inner<V> {
     }
 }
 
+impl<V> Store<V> {
+    /// Gives back the key `h` of an owner that saw its entry at `slot` with `word`, unless
+    /// its lease ran out or it was taken over.
+    fn release_entry(&self, h: &KeyHash, slot: u32, word: Word) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let cell = inner.cell(h);
+        let shard = cell.lock.read();
+        if floor_ms(shard.time(inner.clock.now_nanos())) >= word.deadline() {
+            return Err(Error::LeaseLost);
+        }
+        // The entry keeps its deadline: its wheel record reclaims it then, if no claim reuses
+        // it first.
+        let next = word.with(Phase::Vacant, word.deadline());
+        if shard.transition(h, slot, word, next).is_none() {
+            return Err(Error::LeaseLost);
+        }
+        // Counted under the read lock, so a rebuild (write lock) sees it exactly.
+        cell.vacant.fetch_add(1, Ordering::Relaxed);
+        drop(shard);
+        cell.releases.fetch_add(1, Ordering::Relaxed);
+        inner.wake(h);
+        Ok(())
+    }
+}
+
 /// Checks a lease and converts it to nanoseconds.
 pub(crate) fn check_lease(lease: Duration) -> Result<u64, Error> {
     if lease < Duration::from_millis(1) || lease > MAX_SPAN {
@@ -1624,27 +1718,7 @@ impl<'a, V> Guard<'a, V> {
     }
 
     fn release_key(&self) -> Result<(), Error> {
-        let inner = &*self.store.inner;
-        let cell = inner.cell(&self.hash);
-        let shard = cell.lock.read();
-        if floor_ms(shard.time(inner.clock.now_nanos())) >= self.word.deadline() {
-            return Err(Error::LeaseLost);
-        }
-        // The entry keeps its deadline: its wheel record reclaims it then, if no claim reuses
-        // it first.
-        let next = self.word.with(Phase::Vacant, self.word.deadline());
-        if shard
-            .transition(&self.hash, self.slot, self.word, next)
-            .is_none()
-        {
-            return Err(Error::LeaseLost);
-        }
-        // Counted under the read lock, so a rebuild (write lock) sees it exactly.
-        cell.vacant.fetch_add(1, Ordering::Relaxed);
-        drop(shard);
-        cell.releases.fetch_add(1, Ordering::Relaxed);
-        inner.wake(&self.hash);
-        Ok(())
+        self.store.release_entry(&self.hash, self.slot, self.word)
     }
 
     /// Heartbeat for long work: the lease now ends `lease` from now. Err([`Error::LeaseLost`])
