@@ -1082,7 +1082,7 @@ impl<V> Shard<V> {
     /// would. A window of [`QUEUE_AFTER`] or less is left alone: its claim's record was filed
     /// at most that far ahead of it (at claim time + ttl, sooner than the lease's end), and is
     /// looked at soon anyway.
-    #[inline]
+    #[inline(always)]
     fn file_completed(&mut self, idx: u32, w: Word, now: u64) {
         if w.deadline().saturating_sub(now) <= QUEUE_AFTER {
             return;

@@ -679,7 +679,8 @@ impl<V> Store<V> {
     ///     completed += 1;
     /// });
     /// assert_eq!(completed, 100);
-    /// assert_eq!(*store.claim("m-21")?.replay().expect("completed").value(), 42);
+    /// let Claim::Completed(replay) = store.claim("m-21")? else { unreachable!() };
+    /// assert_eq!(*replay.value(), 42);
     /// # Ok::<(), idemstore::Error>(())
     /// ```
     pub fn complete_batch<'s>(
