@@ -1648,7 +1648,7 @@ impl<'a, V> Guard<'a, V> {
     /// A value heavier than the store's [`max_value_size`](Builder::max_value_size) gets
     /// [`Error::ValueTooLarge`]: nothing is stored, and the guard, consumed by the call, releases
     /// the key as any dropped guard does. Use [`Store::check_value`] first where the work must
-    /// not run again.
+    /// not run again. [`Store::complete_batch`] completes many guards at once.
     pub fn complete(self, value: V) -> Result<(), Error> {
         if self.store.inner.max_value_size != usize::MAX {
             self.store.check_value(&value)?;
