@@ -39,9 +39,10 @@
 //! per call, claimed shard by shard (one lock hold per shard and call). `claim_complete` also has
 //! two modes for a consumer that completes a poll's keys after their work: each call's keys
 //! claimed grouped, then a pass over 4 MiB of other memory (the work, which moves the table's
-//! lines out of the core's 2 MiB L2 cache), then completed together by `Store::complete_batch`
-//! (`idemstore-grouped1024-together`: one hold per shard and call again, the table memory
-//! prefetched) or one by one (`idemstore-grouped1024-after`). Compare those two with each other.
+//! lines out of the core's 2 MiB L2 cache; `IDEMSTORE_BENCH_WORK_KIB`, default 4096, 0 for no
+//! work), then completed together by `Store::complete_batch` (`idemstore-grouped1024-together`:
+//! one hold per shard and call again, the table memory prefetched) or one by one
+//! (`idemstore-grouped1024-after`). Compare those two with each other.
 //!
 //! Each function fills its structure with N live keys (`IDEMSTORE_BENCH_KEYS`, default 1 and
 //! 10 million; completed keys for idemstore) when it first runs (so a criterion filter skips the
@@ -629,11 +630,15 @@ fn claim_complete(c: &mut Criterion) {
 static PICK: AtomicU64 = AtomicU64::new(0);
 
 /// A consumer's work between claiming a poll's keys and completing them: a read of one word
-/// per line of 4 MiB (made once, shared by the threads), twice this machine's L2 cache per
-/// core, so the lines of the table the claims touched are no longer in it.
+/// per line of 4 MiB (`IDEMSTORE_BENCH_WORK_KIB`; made once, shared by the threads), twice this
+/// machine's L2 cache per core, so the lines of the table the claims touched are no longer in
+/// it.
 fn work() {
     static MEMORY: OnceLock<Box<[u64]>> = OnceLock::new();
-    let memory = MEMORY.get_or_init(|| vec![1; 4 << 20 >> 3].into_boxed_slice());
+    let memory = MEMORY.get_or_init(|| {
+        let kib: usize = env_num("IDEMSTORE_BENCH_WORK_KIB", 4096);
+        vec![1; kib << 10 >> 3].into_boxed_slice()
+    });
     black_box(memory.iter().step_by(8).sum::<u64>());
 }
 

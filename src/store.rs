@@ -653,14 +653,19 @@ impl<V> Store<V> {
     /// with the table memory of the completions a few places ahead prefetched. For a consumer
     /// that claims a poll's keys, does their work, then completes them together.
     ///
-    /// Each completion is the one [`Guard::complete`] makes, with its own result: `each` gets
-    /// the result of the `i`-th completion as `each(i, result)`, after every completion of its
-    /// round is made, and **not in `completions`' order**. [`Error::LeaseLost`] if the guard's
-    /// lease ran out (nothing was written); [`Error::ValueTooLarge`] for a value heavier than
-    /// the store's [`max_value_size`](Builder::max_value_size) (nothing was stored and the key
-    /// is released, as [`Guard::complete`] releases it). A guard of another store is completed
-    /// by that store, one at a time. If the iterator of `completions` or `each` panics, the
-    /// guards not yet completed are released, as dropped guards are.
+    /// Each completion is the one [`Guard::complete`] makes, with its own result, which `each`
+    /// gets as `each(i, result)` for the `i`-th of `completions`, **not in their order**:
+    /// [`Error::LeaseLost`] if the guard's lease ran out (nothing was written), after every
+    /// completion of its round is made; [`Error::ValueTooLarge`] for a value heavier than the
+    /// store's [`max_value_size`](Builder::max_value_size) (nothing was stored and the key is
+    /// released, as [`Guard::complete`] releases it), at once. A guard of another store is
+    /// completed by that store, one at a time, at once.
+    ///
+    /// A round's completions are made once its 2048 guards (or all, if fewer) have been taken
+    /// from `completions`: hand over finished work (a collection, or an iterator that does no
+    /// work of its own), or a lease may run out while later items are produced. If
+    /// `completions` or `each` panics, the guards taken and not completed yet are released, as
+    /// dropped guards are, so their work runs again on a retry.
     ///
     /// ```
     /// use idemstore::{Claim, Store};
@@ -689,7 +694,7 @@ impl<V> Store<V> {
         mut each: impl FnMut(usize, Result<(), Error>),
     ) {
         let inner = &*self.inner;
-        let mut completions = completions.into_iter().enumerate();
+        let mut completions = completions.into_iter().fuse().enumerate();
         let n = completions.size_hint().0.min(GROUPED_CHUNK);
         // If anything panics, dropping the round releases the keys it holds and has not
         // completed yet.
@@ -698,16 +703,15 @@ impl<V> Store<V> {
         let mut groups = Groups::default();
         loop {
             for (i, (guard, value)) in completions.by_ref() {
-                if !std::ptr::eq(guard.store, self) {
+                // Clones of a store share its `Inner`: their guards are this store's.
+                if !std::ptr::eq(&*guard.store.inner, inner) {
                     each(i, guard.complete(value));
                     continue;
                 }
-                if inner.max_value_size != usize::MAX {
-                    if let Err(e) = self.check_value(&value) {
-                        drop(guard);
-                        each(i, Err(e));
-                        continue;
-                    }
+                if let Err(e) = self.check_weight(&value) {
+                    drop(guard);
+                    each(i, Err(e));
+                    continue;
                 }
                 round.push(guard, value, i);
                 if round.pending.len() == GROUPED_CHUNK {
@@ -718,24 +722,30 @@ impl<V> Store<V> {
                 return;
             }
             groups.sort(inner, &round.pending, |c| &c.hash, &mut sorted);
-            sorted
-                .iter()
-                .take(PIPELINE)
-                .for_each(|c| inner.prefetch(&c.hash));
-            let mut p = 0;
-            while p < sorted.len() {
-                let (cell, end) = groups.of(inner, &sorted[p].hash);
-                self.complete_held(cell, &sorted[..end], p, &mut round);
-                p = end;
-            }
+            groups.visit(
+                inner,
+                &sorted,
+                |c| &c.hash,
+                |cell, run| {
+                    self.complete_held(cell, &sorted, run, &mut round);
+                },
+            );
             // The values not stored are dropped here, outside the locks.
             round.values.clear();
-            for (&i, fate) in round.index.iter().zip(&round.fates) {
+            for ((&i, fate), c) in round.index.iter().zip(&round.fates).zip(&round.pending) {
                 each(
                     i,
                     match fate {
-                        Fate::Lost => Err(Error::LeaseLost),
-                        _ => Ok(()),
+                        Fate::Completed => Ok(()),
+                        Fate::Lost => {
+                            // Traced here, not under the lock: a subscriber is user code.
+                            let _token = c.token;
+                            event!(token = _token, "complete refused: the lease was lost");
+                            Err(Error::LeaseLost)
+                        }
+                        Fate::Owned => {
+                            unreachable!("invariant: every completion of the round was made")
+                        }
                     },
                 );
             }
@@ -743,45 +753,39 @@ impl<V> Store<V> {
         }
     }
 
-    /// Makes the completions `sorted[from..]`, all of `cell`'s shard, under one hold of its
-    /// lock, leaving each one's fate in `round` and the values not stored there.
-    /// `sorted[from + PIPELINE..]` has its table memory prefetched as the completions go.
+    /// Makes the completions `sorted[run]`, all of `cell`'s shard, under one hold of its
+    /// lock, leaving each one's fate in `round` and the values not stored there. The table
+    /// memory of the completion [`PIPELINE`] places ahead in `sorted` is prefetched as they go.
     fn complete_held(
         &self,
         cell: &ShardCell<V>,
         sorted: &[Pending],
-        from: usize,
+        run: std::ops::Range<usize>,
         round: &mut Round<'_, V>,
     ) {
         let inner = &*self.inner;
+        let first = run.start;
         let mut completed = false;
         let mut shard = cell.write();
         let now_nanos = cell.advance_time(&mut shard, inner.clock.now_nanos());
-        let now = floor_ms(now_nanos);
-        let deadline = deadline_ms(now_nanos, inner.ttl_nanos);
-        for q in from..sorted.len() {
+        for q in run {
             if let Some(c) = sorted.get(q + PIPELINE) {
                 inner.prefetch(&c.hash);
             }
             let c = &sorted[q];
             let pos = c.pos as usize;
             let value = round.values.get_mut(pos).and_then(Option::take);
-            let fate = if now >= c.word.deadline() {
-                Err(value)
-            } else {
-                let next = c.word.with(Phase::Completed, deadline);
-                shard.complete(&c.hash, c.slot, c.word, next, value, now)
-            };
-            round.fates[pos] = match fate {
+            round.fates[pos] = match self.complete_entry(
+                &mut shard,
+                &c.hash,
+                c.slot,
+                c.word,
+                now_nanos,
+                value,
+                &mut round.unit,
+            ) {
                 Ok(()) => {
                     completed = true;
-                    if let Some(unit) = round.unit.take() {
-                        // Kept before the lock goes, so that a replay of this entry finds it;
-                        // an instance not kept is dropped after the lock, with the round.
-                        if let Err(unit) = inner.unit.set(unit) {
-                            round.unit = Some(unit);
-                        }
-                    }
                     Fate::Completed
                 }
                 Err(unused) => {
@@ -789,7 +793,6 @@ impl<V> Store<V> {
                     if let Some(v) = unused {
                         round.values[pos] = Some(v);
                     }
-                    event!(token = c.token, "complete refused: the lease was lost");
                     Fate::Lost
                 }
             };
@@ -797,8 +800,50 @@ impl<V> Store<V> {
         drop(shard);
         if completed {
             // A shard's keys share their waiters' event.
-            inner.wake(&sorted[from].hash);
+            inner.wake(&sorted[first].hash);
         }
+    }
+
+    /// The locked core of a completion, at `now_nanos` (the shard's time): the owner's entry
+    /// `h` (seen at `slot` with `word`) becomes completed with `value`, unless its lease ran
+    /// out or it was taken over, which hands `value` back to be dropped after the lock. A
+    /// zero-sized `V`'s instance in `unit` is kept as the store's ([`Inner::unit`]) if it has
+    /// none yet, before the lock goes, so that a replay of the entry finds one; an instance not
+    /// kept stays in `unit`, for the caller to drop after the lock.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn complete_entry(
+        &self,
+        shard: &mut Shard<V>,
+        h: &KeyHash,
+        slot: u32,
+        word: Word,
+        now_nanos: u64,
+        value: Option<StdArc<V>>,
+        unit: &mut Option<V>,
+    ) -> Result<(), Option<StdArc<V>>> {
+        let inner = &*self.inner;
+        let now = floor_ms(now_nanos);
+        if now >= word.deadline() {
+            return Err(value);
+        }
+        let next = word.with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
+        shard.complete(h, slot, word, next, value, now)?;
+        if let Some(u) = unit.take() {
+            if let Err(u) = inner.unit.set(u) {
+                *unit = Some(u);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Store::check_value`], skipped where values are unbounded.
+    #[inline(always)]
+    fn check_weight(&self, value: &V) -> Result<(), Error> {
+        if self.inner.max_value_size != usize::MAX {
+            self.check_value(value)?;
+        }
+        Ok(())
     }
 
     /// Claims `n` keys [`GROUPED_CHUNK`] at a time: each round hashes its keys (an invalid
@@ -830,42 +875,43 @@ impl<V> Store<V> {
                 }
             }
             groups.sort(inner, &hashed, |(h, _)| h, &mut sorted);
-            sorted.iter().take(PIPELINE).for_each(|(h, _)| prefetch(h));
-            let mut p = 0;
-            while p < sorted.len() {
-                let (cell, end) = groups.of(inner, &sorted[p].0);
-                // Where this thread's claims have mostly been replays, the shard's keys are
-                // first read outside the lock, as `claim_batch` reads them (`readers`); only
-                // the others are claimed under it.
-                let unlocked = Self::tries_unlocked(0);
-                let keys = if unlocked {
-                    pending.clear();
-                    for q in p..end {
-                        if let Some((h, _)) = sorted.get(q + PIPELINE) {
-                            prefetch(h);
+            groups.visit(
+                inner,
+                &sorted,
+                |(h, _)| h,
+                |cell, run| {
+                    // Where this thread's claims have mostly been replays, the shard's keys are
+                    // first read outside the lock, as `claim_batch` reads them (`readers`); only
+                    // the others are claimed under it.
+                    let unlocked = Self::tries_unlocked(0);
+                    let keys = if unlocked {
+                        pending.clear();
+                        for q in run.clone() {
+                            if let Some((h, _)) = sorted.get(q + PIPELINE) {
+                                prefetch(h);
+                            }
+                            let (h, i) = sorted[q];
+                            #[cfg(not(idemstore_loom))]
+                            if let Some(replay) = self.replay_first::<false>(cell, &h, 0) {
+                                each(i, Ok(Claim::Completed(replay)));
+                                continue;
+                            }
+                            pending.push((h, i));
                         }
-                        let (h, i) = sorted[q];
-                        #[cfg(not(idemstore_loom))]
-                        if let Some(replay) = self.replay_first::<false>(cell, &h, 0) {
-                            each(i, Ok(Claim::Completed(replay)));
-                            continue;
+                        &pending[..]
+                    } else {
+                        &sorted[run.clone()]
+                    };
+                    self.claim_held(cell, keys, &mut held, &mut each, |k| {
+                        // Read outside the lock, the keys ahead were prefetched already.
+                        if !unlocked {
+                            if let Some((h, _)) = sorted.get(run.start + k + PIPELINE) {
+                                prefetch(h);
+                            }
                         }
-                        pending.push((h, i));
-                    }
-                    &pending[..]
-                } else {
-                    &sorted[p..end]
-                };
-                self.claim_held(cell, keys, &mut held, &mut each, |k| {
-                    // Read outside the lock, the keys ahead were prefetched already.
-                    if !unlocked {
-                        if let Some((h, _)) = sorted.get(p + k + PIPELINE) {
-                            prefetch(h);
-                        }
-                    }
-                });
-                p = end;
-            }
+                    });
+                },
+            );
         }
     }
 
@@ -1250,7 +1296,6 @@ struct Pending {
     hash: KeyHash,
     word: Word,
     /// For the trace of a refused completion.
-    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     token: u64,
     slot: u32,
     pos: u32,
@@ -1386,10 +1431,29 @@ impl Groups {
         }
     }
 
-    /// The shard of `h`, a key of the sorted round, and where that shard's keys end in it.
+    /// Visits the round `sorted` (by [`Groups::sort`]) shard by shard: `visit(cell, run)`
+    /// for each shard's run of it, once the table memory of the round's first
+    /// [`PIPELINE`] keys is on its way (the visits prefetch the keys further ahead, across the
+    /// ends of the runs).
     #[inline]
-    fn of<'i, V>(&self, inner: &'i Inner<V>, h: &KeyHash) -> (&'i ShardCell<V>, usize) {
-        (inner.cell(h), self.ends[self.place(inner, h)])
+    fn visit<'i, V, T>(
+        &self,
+        inner: &'i Inner<V>,
+        sorted: &[T],
+        hash: impl Fn(&T) -> &KeyHash,
+        mut visit: impl FnMut(&'i ShardCell<V>, std::ops::Range<usize>),
+    ) {
+        sorted
+            .iter()
+            .take(PIPELINE)
+            .for_each(|t| inner.prefetch(hash(t)));
+        let mut p = 0;
+        while p < sorted.len() {
+            let h = hash(&sorted[p]);
+            let end = self.ends[self.place(inner, h)];
+            visit(inner.cell(h), p..end);
+            p = end;
+        }
     }
 }
 
@@ -1650,64 +1714,36 @@ impl<'a, V> Guard<'a, V> {
     /// the key as any dropped guard does. Use [`Store::check_value`] first where the work must
     /// not run again. [`Store::complete_batch`] completes many guards at once.
     pub fn complete(self, value: V) -> Result<(), Error> {
-        if self.store.inner.max_value_size != usize::MAX {
-            self.store.check_value(&value)?;
-        }
+        self.store.check_weight(&value)?;
         // From here the guard never releases the key, whatever happens: nothing to drop (it
         // owns only a borrow of the store and plain values).
         let this = std::mem::ManuallyDrop::new(self);
         let inner = &*this.store.inner;
         let cell = inner.cell(&this.hash);
         // Allocate before taking the lock; a lost lease drops it unused.
-        let value = if stores_values::<V>() {
-            Ok(StdArc::new(value))
+        let (shared, mut unit) = if stores_values::<V>() {
+            (Some(StdArc::new(value)), None)
         } else {
-            Err(value)
+            (None, Some(value))
         };
         let mut shard = cell.write();
         let now_nanos = cell.advance_time(&mut shard, inner.clock.now_nanos());
-        if floor_ms(now_nanos) >= this.word.deadline() {
-            drop(shard);
-            drop(value);
-            return Err(Error::LeaseLost);
-        }
-        let next = this
-            .word
-            .with(Phase::Completed, deadline_ms(now_nanos, inner.ttl_nanos));
-        let (shared, mut unit) = match value {
-            Ok(shared) => (Some(shared), None),
-            Err(unit) => (None, Some(unit)),
-        };
-        if let Err(unused) = shard.complete(
-            &this.hash,
-            this.slot,
-            this.word,
-            next,
-            shared,
-            floor_ms(now_nanos),
-        ) {
-            // The value's `Drop` is user code: never under the lock.
-            drop(shard);
-            drop(unused);
-            event!(
-                token = this.token,
-                "complete refused: the lease was lost to a newer owner"
-            );
-            return Err(Error::LeaseLost);
-        }
-        if unit.is_some() {
-            // Kept before the lock goes, so that a replay of this entry finds it.
-            let _ = inner
-                .unit
-                .get_or_init(|| unit.take().expect("invariant: checked just above"));
-        }
         // No need to flag a shortened deadline here: the entry's record was filed at the
         // earlier of its lease deadline and (claim time + ttl), or, after a takeover, at most at
         // the end of the lapsed lease's window (before the claim + ttl): never after this
         // deadline, or just now at this deadline.
+        let done = this.store.complete_entry(
+            &mut shard, &this.hash, this.slot, this.word, now_nanos, shared, &mut unit,
+        );
         drop(shard);
-        // An instance not kept (one already was) is dropped outside the lock too.
+        // The values' `Drop` is user code: never under the lock. (An instance of a zero-sized
+        // `V` not kept, one already was, is dropped here too.)
         drop(unit);
+        if let Err(unused) = done {
+            drop(unused);
+            event!(token = this.token, "complete refused: the lease was lost");
+            return Err(Error::LeaseLost);
+        }
         inner.wake(&this.hash);
         Ok(())
     }

@@ -758,3 +758,105 @@ fn a_completion_batch_whose_input_or_callback_panics_releases_or_completes_each_
         assert!(store.claim_id(id).unwrap().is_completed(), "{id} completed");
     }
 }
+
+#[test]
+fn values_a_completion_batch_refuses_are_dropped_outside_the_store_locks() {
+    static STORE: std::sync::OnceLock<Store<UsesStore>> = std::sync::OnceLock::new();
+    let (clock, hand) = Clock::manual();
+    let store = STORE.get_or_init(|| {
+        Store::builder()
+            .lease(Duration::from_secs(5))
+            .shards(1)
+            .clock(clock)
+            .build()
+            .unwrap()
+    });
+    let drops = std::sync::Arc::new(());
+    let value = || UsesStore {
+        store: &STORE,
+        _alive: std::sync::Arc::clone(&drops),
+    };
+    let acquire = |key: &str| match store.claim(key).unwrap() {
+        Claim::Acquired(g) => g,
+        other => panic!("{key} is new: {other:?}"),
+    };
+    // One shard: every completion of the batch is made under one hold of its lock.
+    let (lapsed, stale) = (acquire("lapsed"), acquire("stale"));
+    hand.advance(Duration::from_secs(5));
+    let newer = acquire("stale");
+    let fresh = acquire("fresh");
+    let mut results = Vec::new();
+    store.complete_batch(
+        [(lapsed, value()), (stale, value()), (fresh, value())],
+        |i, result| results.push((i, result)),
+    );
+    results.sort_by_key(|(i, _)| *i);
+    assert_eq!(
+        results,
+        [
+            (0, Err(Error::LeaseLost)),
+            (1, Err(Error::LeaseLost)),
+            (2, Ok(()))
+        ]
+    );
+    assert_eq!(
+        std::sync::Arc::strong_count(&drops),
+        2,
+        "the refused values dropped, the stored one kept"
+    );
+    assert!(store.claim("fresh").unwrap().is_completed());
+    assert!(store.claim("stale").unwrap().is_in_progress());
+    drop(newer);
+}
+
+/// A dedup-only store keeps one instance of its zero-sized value at its first completion, for
+/// every replay. A batch whose first guard (whose instance the batch set aside for that) lost
+/// its lease must keep it at the completion that succeeds.
+#[test]
+fn a_first_completion_batch_whose_first_guard_lost_its_lease_still_replays() {
+    let (clock, hand) = Clock::manual();
+    let store: Store = Store::builder().shards(2).clock(clock).build().unwrap();
+    let options = ClaimOptions::new().lease(Duration::from_secs(1));
+    let Claim::Acquired(short) = store.claim_with("short", &options).unwrap() else {
+        panic!("new");
+    };
+    hand.advance(Duration::from_secs(1));
+    let Claim::Acquired(other) = store.claim("other").unwrap() else {
+        panic!("new");
+    };
+    let mut results = vec![None; 2];
+    store.complete_batch([(short, ()), (other, ())], |i, result| {
+        results[i] = Some(result)
+    });
+    assert_eq!(results, [Some(Err(Error::LeaseLost)), Some(Ok(()))]);
+    assert!(store.claim("other").unwrap().is_completed());
+    assert!(store.claim("short").unwrap().is_acquired());
+}
+
+/// Clones of a store are the same store: a batch completes guards claimed through any of them.
+#[test]
+fn a_completion_batch_takes_guards_of_the_store_s_clones() {
+    let store: Store<u8> = Store::builder().shards(4).build().unwrap();
+    let clone = store.clone();
+    let guards: Vec<_> = (0..50u128)
+        .map(|id| {
+            let by = if id % 2 == 0 { &store } else { &clone };
+            match by.claim_id(id).unwrap() {
+                Claim::Acquired(g) => (g, id as u8),
+                other => panic!("{id} is new: {other:?}"),
+            }
+        })
+        .collect();
+    let mut ok = 0;
+    store.complete_batch(guards, |_, result| {
+        result.unwrap();
+        ok += 1;
+    });
+    assert_eq!(ok, 50);
+    for id in 0..50u128 {
+        match clone.claim_id(id).unwrap() {
+            Claim::Completed(r) => assert_eq!(*r.value(), id as u8),
+            other => panic!("{id} completed: {other:?}"),
+        }
+    }
+}
