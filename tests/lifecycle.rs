@@ -547,11 +547,13 @@ impl Drop for UsesStore {
     }
 }
 
-#[test]
-fn a_value_refused_for_a_lost_lease_is_dropped_outside_the_store_locks() {
-    static STORE: std::sync::OnceLock<Store<UsesStore>> = std::sync::OnceLock::new();
+/// Builds the store `cell` holds, for values that use it: one shard, a lease of 5 s, a manual
+/// clock, whose hand comes back.
+fn store_in(
+    cell: &'static std::sync::OnceLock<Store<UsesStore>>,
+) -> (&'static Store<UsesStore>, idemstore::ManualClock) {
     let (clock, hand) = Clock::manual();
-    let store = STORE.get_or_init(|| {
+    let store = cell.get_or_init(|| {
         Store::builder()
             .lease(Duration::from_secs(5))
             .shards(1)
@@ -559,6 +561,13 @@ fn a_value_refused_for_a_lost_lease_is_dropped_outside_the_store_locks() {
             .build()
             .unwrap()
     });
+    (store, hand)
+}
+
+#[test]
+fn a_value_refused_for_a_lost_lease_is_dropped_outside_the_store_locks() {
+    static STORE: std::sync::OnceLock<Store<UsesStore>> = std::sync::OnceLock::new();
+    let (store, hand) = store_in(&STORE);
     let drops = std::sync::Arc::new(());
     // Lost to time: the lease ran out before the completion.
     let Claim::Acquired(g) = store.claim("k").unwrap() else {
@@ -762,15 +771,7 @@ fn a_completion_batch_whose_input_or_callback_panics_releases_or_completes_each_
 #[test]
 fn values_a_completion_batch_refuses_are_dropped_outside_the_store_locks() {
     static STORE: std::sync::OnceLock<Store<UsesStore>> = std::sync::OnceLock::new();
-    let (clock, hand) = Clock::manual();
-    let store = STORE.get_or_init(|| {
-        Store::builder()
-            .lease(Duration::from_secs(5))
-            .shards(1)
-            .clock(clock)
-            .build()
-            .unwrap()
-    });
+    let (store, hand) = store_in(&STORE);
     let drops = std::sync::Arc::new(());
     let value = || UsesStore {
         store: &STORE,
