@@ -454,24 +454,20 @@ fn bench_store(
                     Mode::Grouped => run_parallel_batches(&keys, GROUPED, |batch| {
                         s.claim_id_batch_grouped(batch, |_, claim| check(claim.expect("claim")))
                     }),
-                    Mode::Together => run_parallel_batches(&keys, GROUPED, |batch| {
-                        let mut owned = Vec::with_capacity(batch.len());
-                        s.claim_id_batch_grouped(batch, |_, claim| match claim.expect("claim") {
-                            Claim::Acquired(guard) => owned.push((guard, ())),
-                            other => panic!("a never-seen key was not acquired: {other:?}"),
-                        });
-                        work();
-                        s.complete_batch(owned, |_, done| done.expect("complete"));
-                    }),
-                    Mode::After => run_parallel_batches(&keys, GROUPED, |batch| {
+                    Mode::Together | Mode::After => run_parallel_batches(&keys, GROUPED, |batch| {
                         let mut owned = Vec::with_capacity(batch.len());
                         s.claim_id_batch_grouped(batch, |_, claim| match claim.expect("claim") {
                             Claim::Acquired(guard) => owned.push(guard),
                             other => panic!("a never-seen key was not acquired: {other:?}"),
                         });
                         work();
-                        for guard in owned {
-                            guard.complete(()).expect("complete");
+                        if matches!(mode, Mode::Together) {
+                            let done = owned.into_iter().map(|guard| (guard, ()));
+                            s.complete_batch(done, |_, result| result.expect("complete"));
+                        } else {
+                            for guard in owned {
+                                guard.complete(()).expect("complete");
+                            }
                         }
                     }),
                 };
