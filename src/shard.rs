@@ -1262,6 +1262,45 @@ mod tests {
         assert_eq!(c.lock.read().counts.ttl_expiries, 200);
     }
 
+    /// The fence under the lock: a completion whose word is no longer the entry's (another
+    /// token, or a later lease), or whose key is gone, writes nothing and hands its value back.
+    /// The store's deadline check catches stale guards before this; the fence stands behind it.
+    #[test]
+    fn a_completion_with_a_stale_word_changes_nothing() {
+        let c = cell(1024);
+        let h = hash_id(1, 7);
+        let mut s = c.lock.write();
+        let Outcome::Acquired { word, .. } = s.claim(&c, &h, 0, 1, lease_at(1, 30_000)) else {
+            panic!("key 7 is new");
+        };
+        let value = Some(Arc::new(()));
+        let stale = [
+            Word::new(Phase::InFlight, word.token_bits() + 1, word.deadline()),
+            Word::new(Phase::InFlight, word.token_bits(), word.deadline() + 1),
+            word.with(Phase::Vacant, word.deadline()),
+        ];
+        for expected in stale {
+            let done = expected.with(Phase::Completed, 2 + DAY);
+            let back = s.complete(&h, NO_HINT, expected, done, value.clone(), 2);
+            assert!(
+                matches!(back, Err(Some(_))),
+                "{expected:?}: value handed back"
+            );
+            let i = s.table.find(&h).expect("held");
+            assert_eq!(s.table.word(i), word, "{expected:?}: the word is untouched");
+            assert_eq!(s.counts.completions, 0);
+        }
+        let (wheel, queue) = (s.wheel.len(), s.queue.len());
+        // A key the shard does not hold.
+        let absent = hash_id(1, 8);
+        let done = word.with(Phase::Completed, 2 + DAY);
+        assert!(s.complete(&absent, NO_HINT, word, done, None, 2).is_err());
+        assert_eq!((s.wheel.len(), s.queue.len()), (wheel, queue));
+        // The right word completes.
+        assert!(s.complete(&h, NO_HINT, word, done, None, 2).is_ok());
+        assert_eq!(s.counts.completions, 1);
+    }
+
     #[test]
     fn a_completion_soon_after_its_claim_files_the_window_at_once() {
         let c = cell(1024);

@@ -1,5 +1,6 @@
 //! Random sequences of claim / complete / release / extend / drop / clock / maintenance
-//! operations on a small `Store<u16>`, checked against a reference model after every step.
+//! operations, single or batched, on a small `Store<u16>`, checked against a reference model
+//! after every step.
 //! The decoder, model and invariants live in `src/ops_model.rs`, which the main crate's
 //! `tests/fuzz_corpus.rs` includes too, to replay `corpus/ops/` in CI.
 #![no_main]

@@ -10,7 +10,8 @@
 //! ```text
 //! header  c0 c1 c2     shards = 1 + (c0 & 1), max_entries = MAX_ENTRIES[(c0 >> 1) & 7],
 //!                      ttl = SPANS_TTL[c1 & 7], default lease = SPANS_LEASE[c2 & 7]
-//! then ops, each an opcode byte (taken % 8) and its operands:
+//! then ops, each an opcode byte and its operands: a byte below 0xE0 is taken % 8,
+//! the rest are the batch operations (0xE0 + b) below:
 //!   0 Claim       key opts      key: < 0xC0 -> "k" + (key % 16); else a raw key of
 //!                               len = key & 0x1F (1..=16: the next len bytes; 0 or > 16:
 //!                               an empty or over-long key, InvalidKey)
@@ -25,6 +26,12 @@
 //!   5 Advance     step          < 0xC0: step % 100 ms; else BIG_STEPS[step & 15]
 //!   6 Maintenance
 //!   7 ClaimId     id            claim_id(id % 4)
+//!   0xE0 + b, b even: ClaimBatch   n, then n keys as Claim's `key` (n = 1 + (n & 7));
+//!                 bit 1 of b: `claim_batch_grouped`, else `claim_batch`; bit 2: the keys
+//!                 are ids (one byte each, `% 4`), claimed by `claim_id_batch(_grouped)`
+//!   0xE0 + b, b odd:  CompleteBatch n, then n times guard v_lo v_hi (n = 1 + (n & 7));
+//!                 `complete_batch` of the distinct guards picked (a pick already taken
+//!                 in this batch is skipped)
 //! ```
 //! `guard` picks a live guard by index modulo their number (no-op without guards).
 
@@ -159,6 +166,22 @@ pub enum Op {
         ms: u64,
     },
     Maintenance,
+    /// Keys claimed in one call with the default options: ids (`% 4`) or byte keys.
+    ClaimBatch {
+        grouped: bool,
+        keys: BatchKeys,
+    },
+    /// Guards (picked as `Complete` picks one, each at most once) completed in one call.
+    CompleteBatch {
+        completions: Vec<(u8, u16)>,
+    },
+}
+
+/// The keys of a [`Op::ClaimBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchKeys {
+    Keys(Vec<Vec<u8>>),
+    Ids(Vec<u8>),
 }
 
 fn fingerprint_payload(n: u8) -> Vec<u8> {
@@ -184,6 +207,21 @@ impl Reader<'_> {
     fn done(&self) -> bool {
         self.pos >= self.data.len()
     }
+
+    /// A claim's key: < 0xC0 -> "k" + (key % 16); else a raw key of len = key & 0x1F.
+    fn key(&mut self) -> Vec<u8> {
+        let k = self.byte();
+        if k < 0xC0 {
+            vec![b'k', b'a' + k % 16]
+        } else {
+            let len = usize::from(k & 0x1F);
+            if (1..=MAX_KEY_LEN).contains(&len) {
+                (0..len).map(|_| self.byte()).collect()
+            } else {
+                vec![b'r'; len]
+            }
+        }
+    }
 }
 
 /// Decodes an input into the store's settings and its operations.
@@ -198,19 +236,32 @@ pub fn decode(data: &[u8]) -> (Config, Vec<Op>) {
     };
     let mut ops = Vec::new();
     while !r.done() && ops.len() < MAX_OPS {
-        let op = match r.byte() % 8 {
-            0 => {
-                let k = r.byte();
-                let key = if k < 0xC0 {
-                    vec![b'k', b'a' + k % 16]
+        let code = r.byte();
+        if code >= 0xE0 {
+            let b = code - 0xE0;
+            let n = 1 + usize::from(r.byte() & 7);
+            let op = if b & 1 == 0 {
+                let keys = if b & 4 == 0 {
+                    BatchKeys::Keys((0..n).map(|_| r.key()).collect())
                 } else {
-                    let len = usize::from(k & 0x1F);
-                    if (1..=MAX_KEY_LEN).contains(&len) {
-                        (0..len).map(|_| r.byte()).collect()
-                    } else {
-                        vec![b'r'; len]
-                    }
+                    BatchKeys::Ids((0..n).map(|_| r.byte() % 4).collect())
                 };
+                Op::ClaimBatch {
+                    grouped: b & 2 != 0,
+                    keys,
+                }
+            } else {
+                let completions = (0..n)
+                    .map(|_| (r.byte(), u16::from_le_bytes([r.byte(), r.byte()])))
+                    .collect();
+                Op::CompleteBatch { completions }
+            };
+            ops.push(op);
+            continue;
+        }
+        let op = match code % 8 {
+            0 => {
+                let key = r.key();
                 let o = r.byte();
                 let scope = match o & 3 {
                     0 => ScopeArg::None,
@@ -280,6 +331,30 @@ pub fn decode(data: &[u8]) -> (Config, Vec<Op>) {
 pub fn run_bytes(data: &[u8]) {
     let (config, ops) = decode(data);
     run(config, &ops);
+}
+
+/// The id `ClaimId` and the id batches claim for the id number `n`.
+fn id_of(n: u8) -> u128 {
+    u128::from(n) * 0x0123_4567_89AB_CDEF_0F1E_2D3C_4B5A
+}
+
+/// Whether key `i` of a batch is one `claim` refuses (ids never are).
+fn is_invalid(keys: &BatchKeys, i: usize) -> bool {
+    matches!(keys, BatchKeys::Keys(k) if k[i].is_empty() || k[i].len() > MAX_KEY_LEN)
+}
+
+/// `key` (empty or too long) must have been refused with `InvalidKey`.
+fn expect_invalid_key<T: fmt::Debug>(result: Result<T, Error>, key: &[u8], ctx: &Ctx<'_>) {
+    match result {
+        Err(Error::InvalidKey {
+            max_len: MAX_KEY_LEN,
+            ..
+        }) => {}
+        other => panic!(
+            "{ctx}: expected InvalidKey for a key of {} bytes, got {other:?}",
+            key.len()
+        ),
+    }
 }
 
 /// The identity of a key as the caller sees it.
@@ -481,13 +556,7 @@ impl Model {
                 };
                 // Validation, in the documented order: key, scope, lease.
                 if key.is_empty() || key.len() > MAX_KEY_LEN {
-                    match result {
-                        Err(Error::InvalidKey {
-                            max_len: MAX_KEY_LEN,
-                            ..
-                        }) => {}
-                        other => panic!("{ctx}: expected InvalidKey, got {other:?}"),
-                    }
+                    expect_invalid_key(result, key, ctx);
                     return;
                 }
                 if *scope == ScopeArg::TooLong {
@@ -523,9 +592,75 @@ impl Model {
                 self.resolve_claim(result, ident, *fingerprint, lease_ms, guards, ctx);
             }
             Op::ClaimId { id } => {
-                let result = store.claim_id(u128::from(*id) * 0x0123_4567_89AB_CDEF_0F1E_2D3C_4B5A);
+                let result = store.claim_id(id_of(*id));
                 let lease_ms = self.config.lease_ms;
                 self.resolve_claim(result, Ident::Id(*id), None, lease_ms, guards, ctx);
+            }
+            Op::ClaimBatch { grouped, keys } => {
+                let n = match keys {
+                    BatchKeys::Keys(k) => k.len(),
+                    BatchKeys::Ids(ids) => ids.len(),
+                };
+                let mut results: Vec<Option<Result<Claim<'s, u16>, Error>>> =
+                    (0..n).map(|_| None).collect();
+                let mut order = Vec::with_capacity(n);
+                let record = |i: usize, result: Result<Claim<'s, u16>, Error>| {
+                    assert!(i < n, "{ctx}: outcome for index {i} of a batch of {n}");
+                    assert!(results[i].is_none(), "{ctx}: two outcomes for index {i}");
+                    order.push((i, result.is_err()));
+                    results[i] = Some(result);
+                };
+                match (keys, grouped) {
+                    (BatchKeys::Keys(k), false) => store.claim_batch(k, record),
+                    (BatchKeys::Keys(k), true) => store.claim_batch_grouped(k, record),
+                    (BatchKeys::Ids(ids), grouped) => {
+                        let ids: Vec<u128> = ids.iter().map(|&id| id_of(id)).collect();
+                        if *grouped {
+                            store.claim_id_batch_grouped(&ids, record);
+                        } else {
+                            store.claim_id_batch(&ids, record);
+                        }
+                    }
+                }
+                if *grouped {
+                    // One round: every invalid key's error comes before any claim's outcome.
+                    let first_claim = order.iter().position(|&(_, err)| !err);
+                    if let Some(f) = first_claim {
+                        assert!(
+                            order[f..]
+                                .iter()
+                                .all(|&(i, err)| !err || !is_invalid(keys, i)),
+                            "{ctx}: an invalid key's error after a claim: {order:?}"
+                        );
+                    }
+                } else {
+                    let indices: Vec<usize> = order.iter().map(|&(i, _)| i).collect();
+                    assert!(
+                        indices.iter().copied().eq(0..n),
+                        "{ctx}: claim_batch's outcomes out of order: {indices:?}"
+                    );
+                }
+                // The outcomes are those of claiming the keys one by one, in the batch's order.
+                let lease_ms = self.config.lease_ms;
+                for (i, result) in results.into_iter().enumerate() {
+                    let result = result.unwrap_or_else(|| panic!("{ctx}: no outcome for {i}"));
+                    match keys {
+                        BatchKeys::Keys(k) if is_invalid(keys, i) => {
+                            expect_invalid_key(result, &k[i], ctx);
+                        }
+                        BatchKeys::Keys(k) => {
+                            let ident = Ident::Key {
+                                scope: Vec::new(),
+                                key: k[i].clone(),
+                            };
+                            self.resolve_claim(result, ident, None, lease_ms, guards, ctx);
+                        }
+                        BatchKeys::Ids(ids) => {
+                            let ident = Ident::Id(ids[i]);
+                            self.resolve_claim(result, ident, None, lease_ms, guards, ctx);
+                        }
+                    }
+                }
             }
             Op::Complete { guard, value } => {
                 let Some(i) = pick(*guard, guards.len()) else {
@@ -534,23 +669,50 @@ impl Model {
                 let h = guards.remove(i);
                 self.check_guard(&h, ctx);
                 let result = h.guard.complete(*value);
-                if now < h.deadline {
-                    assert_eq!(result, Ok(()), "{ctx}: complete within the lease");
-                    let ttl = self.config.ttl_ms;
-                    let e = self.owned_entry(&h.ident, h.token, h.deadline, ctx);
-                    e.state = State::Completed {
-                        deadline: now + ttl,
-                        value: *value,
-                        at: now,
-                    };
-                    e.hold_until = e.hold_until.max(now + ttl);
-                    self.counts.completions += 1;
-                } else {
-                    assert_eq!(
-                        result,
-                        Err(Error::LeaseLost),
-                        "{ctx}: complete after the lease"
+                self.check_complete(&h.ident, h.token, h.deadline, *value, result, ctx);
+            }
+            Op::CompleteBatch { completions } => {
+                let mut picked: Vec<(usize, u16)> = Vec::new();
+                for &(g, value) in completions {
+                    if let Some(i) = pick(g, guards.len()) {
+                        if picked.iter().all(|&(j, _)| j != i) {
+                            picked.push((i, value));
+                        }
+                    }
+                }
+                // Take the picked guards out, keeping the rest in their order.
+                let mut taken: Vec<Option<Held<'s>>> = Vec::new();
+                let mut kept = Vec::new();
+                for (j, h) in guards.drain(..).enumerate() {
+                    if picked.iter().any(|&(i, _)| i == j) {
+                        taken.push(Some(h));
+                    } else {
+                        taken.push(None);
+                        kept.push(h);
+                    }
+                }
+                *guards = kept;
+                let mut batch = Vec::new();
+                let mut meta = Vec::new();
+                for &(i, value) in &picked {
+                    let h = taken[i].take().expect("each guard picked once");
+                    self.check_guard(&h, ctx);
+                    meta.push((h.ident, h.token, h.deadline, value));
+                    batch.push((h.guard, value));
+                }
+                let mut results: Vec<Option<Result<(), Error>>> = vec![None; meta.len()];
+                store.complete_batch(batch, |i, result| {
+                    assert!(
+                        results[i].is_none(),
+                        "{ctx}: two results for completion {i}"
                     );
+                    results[i] = Some(result);
+                });
+                for (i, (ident, token, deadline, value)) in meta.iter().enumerate() {
+                    let result = results[i]
+                        .clone()
+                        .unwrap_or_else(|| panic!("{ctx}: no result for completion {i}"));
+                    self.check_complete(ident, *token, *deadline, *value, result, ctx);
                 }
             }
             Op::Release { guard } => {
@@ -637,6 +799,38 @@ impl Model {
                     }
                 }
             }
+        }
+    }
+
+    /// Checks a completion's result and applies it: it succeeds within the guard's lease and
+    /// fails with `LeaseLost`, changing nothing, after it.
+    fn check_complete(
+        &mut self,
+        ident: &Ident,
+        token: u64,
+        deadline: u64,
+        value: u16,
+        result: Result<(), Error>,
+        ctx: &Ctx<'_>,
+    ) {
+        let now = self.now;
+        if now < deadline {
+            assert_eq!(result, Ok(()), "{ctx}: complete within the lease");
+            let ttl = self.config.ttl_ms;
+            let e = self.owned_entry(ident, token, deadline, ctx);
+            e.state = State::Completed {
+                deadline: now + ttl,
+                value,
+                at: now,
+            };
+            e.hold_until = e.hold_until.max(now + ttl);
+            self.counts.completions += 1;
+        } else {
+            assert_eq!(
+                result,
+                Err(Error::LeaseLost),
+                "{ctx}: complete after the lease"
+            );
         }
     }
 
