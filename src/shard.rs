@@ -1263,8 +1263,9 @@ mod tests {
     }
 
     /// The fence under the lock: a completion whose word is no longer the entry's (another
-    /// token, or a later lease), or whose key is gone, writes nothing and hands its value back.
-    /// The store's deadline check catches stale guards before this; the fence stands behind it.
+    /// token, a later lease, another phase), or whose key is gone from the slot it names,
+    /// writes nothing and hands its value back. The store's deadline check catches stale
+    /// guards before this; the fence stands behind it.
     #[test]
     fn a_completion_with_a_stale_word_changes_nothing() {
         let c = cell(1024);
@@ -1273,6 +1274,7 @@ mod tests {
         let Outcome::Acquired { word, .. } = s.claim(&c, &h, 0, 1, lease_at(1, 30_000)) else {
             panic!("key 7 is new");
         };
+        let records = (s.wheel.len(), s.queue.len());
         let value = Some(Arc::new(()));
         let stale = [
             Word::new(Phase::InFlight, word.token_bits() + 1, word.deadline()),
@@ -1289,16 +1291,26 @@ mod tests {
             let i = s.table.find(&h).expect("held");
             assert_eq!(s.table.word(i), word, "{expected:?}: the word is untouched");
             assert_eq!(s.counts.completions, 0);
+            assert_eq!((s.wheel.len(), s.queue.len()), records, "no record filed");
         }
-        let (wheel, queue) = (s.wheel.len(), s.queue.len());
-        // A key the shard does not hold.
-        let absent = hash_id(1, 8);
-        let done = word.with(Phase::Completed, 2 + DAY);
-        assert!(s.complete(&absent, NO_HINT, word, done, None, 2).is_err());
-        assert_eq!((s.wheel.len(), s.queue.len()), (wheel, queue));
         // The right word completes.
+        let done = word.with(Phase::Completed, 2 + DAY);
         assert!(s.complete(&h, NO_HINT, word, done, None, 2).is_ok());
         assert_eq!(s.counts.completions, 1);
+
+        // A key reclaimed since its claim, completed with the slot its claim reported.
+        let gone = hash_id(1, 9);
+        let Outcome::Acquired { word, slot, .. } = s.claim(&c, &gone, 0, 3, lease_at(3, 1)) else {
+            panic!("key 9 is new");
+        };
+        s.expire(&c, 5 + DAY, usize::MAX);
+        assert_eq!(s.table.find(&gone), None, "key 9 reclaimed");
+        let done = word.with(Phase::Completed, 5 + 2 * DAY);
+        let records = (s.wheel.len(), s.queue.len());
+        assert!(s.complete(&gone, slot, word, done, None, 5 + DAY).is_err());
+        assert_eq!(s.table.find(&gone), None, "nothing written");
+        assert_eq!(s.counts.completions, 1);
+        assert_eq!((s.wheel.len(), s.queue.len()), records, "no record filed");
     }
 
     #[test]

@@ -28,12 +28,17 @@
 //!   7 ClaimId     id            claim_id(id % 4)
 //!   0xE0 + b, b even: ClaimBatch   n, then n keys as Claim's `key` (n = 1 + (n & 7));
 //!                 bit 1 of b: `claim_batch_grouped`, else `claim_batch`; bit 2: the keys
-//!                 are ids (one byte each, `% 4`), claimed by `claim_id_batch(_grouped)`
+//!                 are ids (one byte each, `% 4`), claimed by `claim_id_batch(_grouped)`;
+//!                 bits 3-4 unused
 //!   0xE0 + b, b odd:  CompleteBatch n, then n times guard v_lo v_hi (n = 1 + (n & 7));
 //!                 `complete_batch` of the distinct guards picked (a pick already taken
-//!                 in this batch is skipped)
+//!                 in this batch is skipped; none at all: an empty batch); bits 1-4 unused
 //! ```
 //! `guard` picks a live guard by index modulo their number (no-op without guards).
+//!
+//! Not reached here: replays read outside the lock (dedup-only stores; this one keeps
+//! values), values too large, and guards of another store in a completion batch; the
+//! integration tests cover those.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -182,6 +187,28 @@ pub enum Op {
 pub enum BatchKeys {
     Keys(Vec<Vec<u8>>),
     Ids(Vec<u8>),
+}
+
+impl BatchKeys {
+    fn len(&self) -> usize {
+        match self {
+            BatchKeys::Keys(k) => k.len(),
+            BatchKeys::Ids(ids) => ids.len(),
+        }
+    }
+
+    /// Whether key `i` is one `claim` refuses (ids never are).
+    fn is_invalid(&self, i: usize) -> bool {
+        matches!(self, BatchKeys::Keys(k) if k[i].is_empty() || k[i].len() > MAX_KEY_LEN)
+    }
+
+    /// Whether keys `i` and `j` are the same key.
+    fn same(&self, i: usize, j: usize) -> bool {
+        match self {
+            BatchKeys::Keys(k) => k[i] == k[j],
+            BatchKeys::Ids(ids) => ids[i] == ids[j],
+        }
+    }
 }
 
 fn fingerprint_payload(n: u8) -> Vec<u8> {
@@ -336,11 +363,6 @@ pub fn run_bytes(data: &[u8]) {
 /// The id `ClaimId` and the id batches claim for the id number `n`.
 fn id_of(n: u8) -> u128 {
     u128::from(n) * 0x0123_4567_89AB_CDEF_0F1E_2D3C_4B5A
-}
-
-/// Whether key `i` of a batch is one `claim` refuses (ids never are).
-fn is_invalid(keys: &BatchKeys, i: usize) -> bool {
-    matches!(keys, BatchKeys::Keys(k) if k[i].is_empty() || k[i].len() > MAX_KEY_LEN)
 }
 
 /// `key` (empty or too long) must have been refused with `InvalidKey`.
@@ -597,69 +619,62 @@ impl Model {
                 self.resolve_claim(result, Ident::Id(*id), None, lease_ms, guards, ctx);
             }
             Op::ClaimBatch { grouped, keys } => {
-                let n = match keys {
-                    BatchKeys::Keys(k) => k.len(),
-                    BatchKeys::Ids(ids) => ids.len(),
-                };
+                let n = keys.len();
                 let mut results: Vec<Option<Result<Claim<'s, u16>, Error>>> =
                     (0..n).map(|_| None).collect();
+                // The indices in the order `each` got them.
                 let mut order = Vec::with_capacity(n);
                 let record = |i: usize, result: Result<Claim<'s, u16>, Error>| {
                     assert!(i < n, "{ctx}: outcome for index {i} of a batch of {n}");
                     assert!(results[i].is_none(), "{ctx}: two outcomes for index {i}");
-                    order.push((i, result.is_err()));
+                    order.push(i);
                     results[i] = Some(result);
                 };
-                match (keys, grouped) {
-                    (BatchKeys::Keys(k), false) => store.claim_batch(k, record),
-                    (BatchKeys::Keys(k), true) => store.claim_batch_grouped(k, record),
-                    (BatchKeys::Ids(ids), grouped) => {
-                        let ids: Vec<u128> = ids.iter().map(|&id| id_of(id)).collect();
-                        if *grouped {
-                            store.claim_id_batch_grouped(&ids, record);
-                        } else {
-                            store.claim_id_batch(&ids, record);
-                        }
-                    }
+                let ids = |ids: &[u8]| ids.iter().map(|&id| id_of(id)).collect::<Vec<_>>();
+                match keys {
+                    BatchKeys::Keys(k) if *grouped => store.claim_batch_grouped(k, record),
+                    BatchKeys::Keys(k) => store.claim_batch(k, record),
+                    BatchKeys::Ids(i) if *grouped => store.claim_id_batch_grouped(&ids(i), record),
+                    BatchKeys::Ids(i) => store.claim_id_batch(&ids(i), record),
                 }
                 if *grouped {
-                    // One round: every invalid key's error comes before any claim's outcome.
-                    let first_claim = order.iter().position(|&(_, err)| !err);
-                    if let Some(f) = first_claim {
+                    // One round: every invalid key's error comes before any claim's outcome,
+                    // and a key's duplicates come after it.
+                    let invalid = order.iter().take_while(|&&i| keys.is_invalid(i)).count();
+                    assert!(
+                        order[invalid..].iter().all(|&i| !keys.is_invalid(i)),
+                        "{ctx}: an invalid key's error after a claim: {order:?}"
+                    );
+                    let mut seen = HashSet::new();
+                    for &i in &order[invalid..] {
                         assert!(
-                            order[f..]
-                                .iter()
-                                .all(|&(i, err)| !err || !is_invalid(keys, i)),
-                            "{ctx}: an invalid key's error after a claim: {order:?}"
+                            (0..i).all(|j| !keys.same(i, j) || seen.contains(&j)),
+                            "{ctx}: key {i} handed out before an earlier duplicate: {order:?}"
                         );
+                        seen.insert(i);
                     }
                 } else {
-                    let indices: Vec<usize> = order.iter().map(|&(i, _)| i).collect();
                     assert!(
-                        indices.iter().copied().eq(0..n),
-                        "{ctx}: claim_batch's outcomes out of order: {indices:?}"
+                        order.iter().copied().eq(0..n),
+                        "{ctx}: claim_batch's outcomes out of order: {order:?}"
                     );
                 }
                 // The outcomes are those of claiming the keys one by one, in the batch's order.
                 let lease_ms = self.config.lease_ms;
                 for (i, result) in results.into_iter().enumerate() {
                     let result = result.unwrap_or_else(|| panic!("{ctx}: no outcome for {i}"));
-                    match keys {
-                        BatchKeys::Keys(k) if is_invalid(keys, i) => {
+                    let ident = match keys {
+                        BatchKeys::Keys(k) if keys.is_invalid(i) => {
                             expect_invalid_key(result, &k[i], ctx);
+                            continue;
                         }
-                        BatchKeys::Keys(k) => {
-                            let ident = Ident::Key {
-                                scope: Vec::new(),
-                                key: k[i].clone(),
-                            };
-                            self.resolve_claim(result, ident, None, lease_ms, guards, ctx);
-                        }
-                        BatchKeys::Ids(ids) => {
-                            let ident = Ident::Id(ids[i]);
-                            self.resolve_claim(result, ident, None, lease_ms, guards, ctx);
-                        }
-                    }
+                        BatchKeys::Keys(k) => Ident::Key {
+                            scope: Vec::new(),
+                            key: k[i].clone(),
+                        },
+                        BatchKeys::Ids(ids) => Ident::Id(ids[i]),
+                    };
+                    self.resolve_claim(result, ident, None, lease_ms, guards, ctx);
                 }
             }
             Op::Complete { guard, value } => {
@@ -672,6 +687,7 @@ impl Model {
                 self.check_complete(&h.ident, h.token, h.deadline, *value, result, ctx);
             }
             Op::CompleteBatch { completions } => {
+                // The guards picked (each once), with their values, in the order picked.
                 let mut picked: Vec<(usize, u16)> = Vec::new();
                 for &(g, value) in completions {
                     if let Some(i) = pick(g, guards.len()) {
@@ -680,39 +696,31 @@ impl Model {
                         }
                     }
                 }
-                // Take the picked guards out, keeping the rest in their order.
-                let mut taken: Vec<Option<Held<'s>>> = Vec::new();
-                let mut kept = Vec::new();
-                for (j, h) in guards.drain(..).enumerate() {
-                    if picked.iter().any(|&(i, _)| i == j) {
-                        taken.push(Some(h));
-                    } else {
-                        taken.push(None);
-                        kept.push(h);
-                    }
-                }
-                *guards = kept;
-                let mut batch = Vec::new();
-                let mut meta = Vec::new();
+                let mut held: Vec<Option<Held<'s>>> = guards.drain(..).map(Some).collect();
+                let mut batch = Vec::with_capacity(picked.len());
+                let mut meta = Vec::with_capacity(picked.len());
                 for &(i, value) in &picked {
-                    let h = taken[i].take().expect("each guard picked once");
+                    let h = held[i].take().expect("each guard picked once");
                     self.check_guard(&h, ctx);
                     meta.push((h.ident, h.token, h.deadline, value));
                     batch.push((h.guard, value));
                 }
-                let mut results: Vec<Option<Result<(), Error>>> = vec![None; meta.len()];
+                guards.extend(held.into_iter().flatten());
+                let n = meta.len();
+                let mut results: Vec<Option<Result<(), Error>>> = vec![None; n];
                 store.complete_batch(batch, |i, result| {
+                    assert!(i < n, "{ctx}: result for index {i} of a batch of {n}");
                     assert!(
                         results[i].is_none(),
                         "{ctx}: two results for completion {i}"
                     );
                     results[i] = Some(result);
                 });
-                for (i, (ident, token, deadline, value)) in meta.iter().enumerate() {
-                    let result = results[i]
-                        .clone()
-                        .unwrap_or_else(|| panic!("{ctx}: no result for completion {i}"));
-                    self.check_complete(ident, *token, *deadline, *value, result, ctx);
+                for (i, (result, (ident, token, deadline, value))) in
+                    results.into_iter().zip(meta).enumerate()
+                {
+                    let result = result.unwrap_or_else(|| panic!("{ctx}: no result for {i}"));
+                    self.check_complete(&ident, token, deadline, value, result, ctx);
                 }
             }
             Op::Release { guard } => {
