@@ -1941,8 +1941,11 @@ impl Report {
         self.measured.claims as f64 / self.elapsed_s
     }
 
-    fn rss_per_entry(&self) -> f64 {
-        self.rss_after.saturating_sub(self.rss_before) as f64 / self.entries.max(1) as f64
+    /// Resident growth per live entry; none when nothing holds entries (`--peer none`), where
+    /// the growth is the harness's own.
+    fn rss_per_entry(&self) -> Option<f64> {
+        (self.entries > 0)
+            .then(|| self.rss_after.saturating_sub(self.rss_before) as f64 / self.entries as f64)
     }
 
     fn accounted_per_entry(&self) -> Option<f64> {
@@ -2072,8 +2075,9 @@ impl Report {
             }
         );
         let mut mem = format!(
-            "  bytes/entry    resident {:.1} B (RSS {} -> {}, peak {})",
-            self.rss_per_entry(),
+            "  bytes/entry    resident {} (RSS {} -> {}, peak {})",
+            self.rss_per_entry()
+                .map_or_else(|| "- (no entries)".to_string(), |b| format!("{b:.1} B")),
             fmt_bytes(self.rss_before),
             fmt_bytes(self.rss_after),
             fmt_bytes(self.peak_rss)
@@ -2188,7 +2192,7 @@ impl Report {
         j.num("maintenance_reclaimed", self.maintenance_reclaimed as f64);
         j.opt("table_rebuilds", self.rebuilds.map(|n| n as f64));
         j.opt("engine_bytes_per_entry", self.accounted_per_entry());
-        j.num("rss_bytes_per_entry", self.rss_per_entry());
+        j.opt("rss_bytes_per_entry", self.rss_per_entry());
         j.num("rss_before_bytes", self.rss_before as f64);
         j.num("rss_after_bytes", self.rss_after as f64);
         j.num("peak_rss_bytes", self.peak_rss as f64);
